@@ -1,0 +1,254 @@
+"""The usage record: Paigo's schema, checked field by field, and the form the agent stores.
+
+A record is what an app sends and what Paigo's ``POST /usage`` takes, exactly:
+
+| field         | rule                                                                        |
+|---------------|-----------------------------------------------------------------------------|
+| `timestamp`   | required string, RFC 3339: 4-digit year, `T`, seconds, optional fraction,   |
+|               | explicit offset (`Z` or `±hh:mm`); the date and time must exist             |
+| `customerId`  | required non-empty string, at most `MAX_ID_CHARS` characters                |
+| `dimensionId` | required non-empty string, at most `MAX_ID_CHARS` characters                |
+| `recordValue` | required string holding a finite decimal number (`"12"`, `"-2.5"`, `"1e3"`);|
+|               | a JSON integer is taken and stored as its exact string; a JSON float is     |
+|               | refused because binary floats lose precision on the way                     |
+| `metadata`    | optional object: at most `MAX_METADATA_KEYS` keys of 1..`MAX_METADATA_KEY_  |
+|               | CHARS` characters, values strings (at most `MAX_METADATA_VALUE_CHARS`),     |
+|               | numbers or booleans, at most `MAX_METADATA_BYTES` bytes as JSON             |
+
+Any other top-level field is refused by name, with the known field it most resembles.
+Every problem names the record's index in the request, the field and the reason.
+
+The stored form (`Envelope`) wraps the record's JSON bytes, unchanged, with what the agent
+adds: the time it was received and per-record options (Paigo's ``invoice=true``). Its
+binary layout is in `encode_envelope`. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import struct
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+import orjson
+
+from agent.errors import Problem, RecordInvalid
+
+REQUIRED_FIELDS: Final = ("timestamp", "customerId", "dimensionId", "recordValue")
+KNOWN_FIELDS: Final = (*REQUIRED_FIELDS, "metadata")
+MAX_ID_CHARS: Final = 256
+MAX_VALUE_CHARS: Final = 64
+MAX_METADATA_KEYS: Final = 32
+MAX_METADATA_KEY_CHARS: Final = 128
+MAX_METADATA_VALUE_CHARS: Final = 1024
+MAX_METADATA_BYTES: Final = 8192
+
+_TIMESTAMP = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})",
+    re.ASCII,
+)
+_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", re.ASCII)
+
+Record = dict[str, object]
+
+
+def timestamp_problem(value: object) -> str | None:
+    """Why `value` is not an RFC 3339 timestamp with a 4-digit year and an offset, or None."""
+    if not isinstance(value, str):
+        return f'must be a string like "2021-01-23T01:23:45Z", not {_kind(value)}'
+    match = _TIMESTAMP.fullmatch(value)
+    if match is None:
+        return (
+            f"{value[:40]!r} is not an RFC 3339 timestamp with a 4-digit year and an offset, "
+            'like "2021-01-23T01:23:45Z" or "2021-01-23T01:23:45.5+02:00"'
+        )
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    offset = match.group(8)
+    try:
+        datetime(year, month, day, hour, minute, second)  # a range check only
+    except ValueError as exc:
+        return f"{value!r} is not a real date and time ({exc})"
+    if offset not in ("Z", "z") and (int(offset[1:3]) > 23 or int(offset[4:6]) > 59):
+        return f"{value!r} has an offset out of range"
+    return None
+
+
+def record_value_problem(value: object) -> str | None:
+    """Why `value` is not a finite decimal number in a string (or an exact integer), or None."""
+    if isinstance(value, bool):
+        return 'must be a number in a string, like "12.5", not a boolean'
+    if isinstance(value, int):
+        return None
+    if isinstance(value, float):
+        return (
+            f'must be sent as a string, like "{value!r}": a JSON number with a fraction '
+            "loses precision, which is why Paigo takes recordValue as a string"
+        )
+    if not isinstance(value, str):
+        return f'must be a number in a string, like "12.5", not {_kind(value)}'
+    if not value:
+        return 'must not be empty; send a number in a string, like "12.5"'
+    if len(value) > MAX_VALUE_CHARS or _DECIMAL.fullmatch(value) is None:
+        return f'{value[:40]!r} is not a decimal number, like "12", "-2.5" or "1e3"'
+    if not math.isfinite(float(value)):
+        return f"{value[:40]!r} is too large to be a finite number"
+    return None
+
+
+def _id_problem(value: object) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, not {_kind(value)}"
+    if not value:
+        return "must not be empty"
+    if len(value) > MAX_ID_CHARS:
+        return f"must be at most {MAX_ID_CHARS} characters, not {len(value)}"
+    return None
+
+
+def _metadata_problems(value: object, reserved_key: str | None) -> list[tuple[str, str]]:
+    if not isinstance(value, dict):
+        return [("metadata", f"must be an object, not {_kind(value)}")]
+    if len(value) > MAX_METADATA_KEYS:
+        return [("metadata", f"has {len(value)} keys; at most {MAX_METADATA_KEYS} are allowed")]
+    found: list[tuple[str, str]] = []
+    for key, item in value.items():
+        where = f"metadata.{key[:40]}"
+        if not key or len(key) > MAX_METADATA_KEY_CHARS:
+            found.append((where, f"keys must be 1 to {MAX_METADATA_KEY_CHARS} characters"))
+        elif key == reserved_key:
+            found.append((where, "is reserved for the agent's record id"))
+        elif isinstance(item, str):
+            if len(item) > MAX_METADATA_VALUE_CHARS:
+                found.append((where, f"must be at most {MAX_METADATA_VALUE_CHARS} characters"))
+        elif isinstance(item, float) and not math.isfinite(item):
+            found.append((where, "must be a finite number"))
+        elif not isinstance(item, int | float | bool):
+            found.append((where, f"must be a string, number or boolean, not {_kind(item)}"))
+    if not found and len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+        found.append(("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON"))
+    return found
+
+
+def unknown_field_message(name: str) -> str:
+    """The message for a field Paigo does not know, naming the likely intended field."""
+    lowered = {known.lower(): known for known in KNOWN_FIELDS}
+    guess = lowered.get(name.lower()) or next(
+        iter(difflib.get_close_matches(name, KNOWN_FIELDS, n=1, cutoff=0.75)), None
+    )
+    hint = f"; did you mean {guess!r}?" if guess else f"; known fields: {', '.join(KNOWN_FIELDS)}"
+    return f"unknown field {name[:60]!r}{hint}"
+
+
+def check_record(obj: object, index: int, reserved_key: str | None = None) -> list[Problem]:
+    """Every problem with one record; an empty list means it is valid."""
+    if not isinstance(obj, dict):
+        return [Problem(index, "", f"a record must be a JSON object, not {_kind(obj)}")]
+    problems = [
+        Problem(index, str(name)[:60], unknown_field_message(str(name)))
+        for name in obj
+        if name not in KNOWN_FIELDS
+    ]
+    for name in REQUIRED_FIELDS:
+        if name not in obj:
+            problems.append(Problem(index, name, "is required"))
+    checks = (
+        ("timestamp", timestamp_problem),
+        ("customerId", _id_problem),
+        ("dimensionId", _id_problem),
+        ("recordValue", record_value_problem),
+    )
+    for name, check in checks:
+        if name in obj and (why := check(obj[name])) is not None:
+            problems.append(Problem(index, name, why))
+    if "metadata" in obj:
+        for field, why in _metadata_problems(obj["metadata"], reserved_key):
+            problems.append(Problem(index, field, why))
+    return problems
+
+
+def normalise(obj: Record) -> Record:
+    """The record as it will be stored: the app's fields in the app's order; an integer
+    recordValue becomes its exact decimal string. Only for records that passed the check."""
+    value = obj["recordValue"]
+    if isinstance(value, int):
+        obj = dict(obj)
+        obj["recordValue"] = str(value)
+    return obj
+
+
+def validate_records(objs: list[object], reserved_key: str | None = None) -> list[Record]:
+    """All records normalised, or RecordInvalid carrying the problems of every bad record."""
+    problems: list[Problem] = []
+    for index, obj in enumerate(objs):
+        problems.extend(check_record(obj, index, reserved_key))
+    if problems:
+        raise RecordInvalid(problems)
+    return [normalise(obj) for obj in objs]  # type: ignore[arg-type]
+
+
+def _kind(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return "a number"
+    return names.get(type(value), type(value).__name__)
+
+
+# --- The stored form ----------------------------------------------------------------------
+#
+# Envelope layout, version 1 (all integers little-endian):
+#
+# | offset | size | field                                                        |
+# |--------|------|--------------------------------------------------------------|
+# | 0      | 1    | envelope version, 1                                          |
+# | 1      | 1    | flags: bit 0 = deliver with `invoice=true`                   |
+# | 2      | 8    | received_at, Unix time in milliseconds (u64)                 |
+# | 10     | 2    | key length K (u16): the app's idempotency key for the record |
+# | 12     | K    | key, UTF-8 (empty when the app sent none)                    |
+# | 12+K   | rest | the record, JSON, UTF-8, exactly the bytes sent upstream     |
+
+ENVELOPE_VERSION: Final = 1
+FLAG_INVOICE: Final = 0x01
+_ENVELOPE_HEAD = struct.Struct("<BBQH")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A record as the spool holds it: its JSON bytes plus what the agent adds."""
+
+    record_json: bytes
+    received_at_ms: int
+    invoice: bool = False
+    key: str = ""
+
+    def record(self) -> Record:
+        loaded: Record = orjson.loads(self.record_json)
+        return loaded
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    key = envelope.key.encode()
+    flags = FLAG_INVOICE if envelope.invoice else 0
+    head = _ENVELOPE_HEAD.pack(ENVELOPE_VERSION, flags, envelope.received_at_ms, len(key))
+    return head + key + envelope.record_json
+
+
+def decode_envelope(payload: bytes) -> Envelope:
+    """The envelope in `payload`; ValueError if it is not a version-1 envelope."""
+    if len(payload) < _ENVELOPE_HEAD.size:
+        raise ValueError("envelope shorter than its header")
+    version, flags, received_at_ms, key_len = _ENVELOPE_HEAD.unpack_from(payload)
+    if version != ENVELOPE_VERSION:
+        raise ValueError(f"envelope version {version} is not {ENVELOPE_VERSION}")
+    start = _ENVELOPE_HEAD.size
+    key = payload[start : start + key_len].decode()
+    return Envelope(
+        record_json=payload[start + key_len :],
+        received_at_ms=received_at_ms,
+        invoice=bool(flags & FLAG_INVOICE),
+        key=key,
+    )
