@@ -461,10 +461,10 @@ class Spool:
             if len(pos.buf) == rel:
                 return None
             self._fill(pos, limit, None)
-            nxt = fmt.next_valid_frame(pos.buf, rel)
+            nxt = fmt.next_valid_frame(pos.buf, 0)  # _fill put pos.offset at buf[0]
             if nxt is None:
                 return None
-            self._quarantine(pos.segment, pos.offset, pos.buf[rel:nxt])
+            self._quarantine(pos.segment, pos.offset, pos.buf[:nxt])
             pos.offset = pos.buf_base + nxt
 
     def _fill(self, pos: _ReadPosition, limit: int | None, chunk: int | None) -> bool:
@@ -605,8 +605,8 @@ class Spool:
         return sorted(found, key=lambda s: s.first_seq)
 
     def _recover_tail(self, segment: _Segment) -> None:
-        """Scan the newest segment: find its end and next seq, cut a torn tail off,
-        quarantine damage in the middle."""
+        """Scan the newest segment: find its end and next seq and cut a torn tail off.
+        Damage followed by valid frames is left for the reader to quarantine."""
         data = segment.path.read_bytes()
         try:
             version, first_seq = fmt.decode_segment_header(data)
@@ -632,8 +632,8 @@ class Spool:
             if nxt is None:
                 self._cut_torn_tail(segment, pos, len(data) - pos)
                 break
-            self._quarantine(first_seq, pos, data[pos:nxt])
-            pos = nxt
+            log.warning("spool recovery: damage at offset %d of %s", pos, segment.path)
+            pos = nxt  # the reader quarantines it when it gets there
         segment.size = pos
         self._next_seq = expected
 

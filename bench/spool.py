@@ -71,12 +71,12 @@ def bandwidth(directory: Path, total: int = 256 * 1024 * 1024) -> float:
 
 
 def config(directory: Path, fsync: str) -> SpoolConfig:
-    return SpoolConfig(
-        dir=str(directory), fsync=fsync, min_free_bytes=0, max_bytes=64 * 1024**3
-    )
+    return SpoolConfig(dir=str(directory), fsync=fsync, min_free_bytes=0, max_bytes=64 * 1024**3)
 
 
-async def concurrent_appends(directory: Path, fsync: str, n: int, seconds: float) -> tuple[float, float]:
+async def concurrent_appends(
+    directory: Path, fsync: str, n: int, seconds: float
+) -> tuple[float, float]:
     """(appends/s, records per fsync) with `n` appenders each awaiting its ack."""
     spool = Spool(config(directory, fsync))
     spool.open()
@@ -171,18 +171,24 @@ async def main() -> None:
         print(f"  sequential write bandwidth:             {bandwidth(root) / 1e6:8.1f} MB/s")
         print()
         print("durable appends, ~250-byte records, N appenders each awaiting its ack")
-        print(f"  {'N':>4} {'appends/s':>10} {'N/t_sync':>10} {'CPU ceil':>10} "
-              f"{'ratio':>6} {'rec/fsync':>9}")
+        print(
+            f"  {'N':>4} {'appends/s':>10} {'N/t_sync':>10} {'CPU ceil':>10} "
+            f"{'ratio':>6} {'rec/fsync':>9}"
+        )
         for n in (1, 8, 64, 512):
             rate, per_fsync = await concurrent_appends(root / f"a{n}", "always", n, args.seconds)
             cpu, _ = await concurrent_appends(root / f"c{n}", "off", n, args.seconds)
             ceiling = min(n / sync, cpu)
-            print(f"  {n:>4} {rate:>10.0f} {n / sync:>10.0f} {cpu:>10.0f} "
-                  f"{rate / ceiling:>6.2f} {per_fsync:>9.1f}")
+            print(
+                f"  {n:>4} {rate:>10.0f} {n / sync:>10.0f} {cpu:>10.0f} "
+                f"{rate / ceiling:>6.2f} {per_fsync:>9.1f}"
+            )
         print()
         for writers in (1, 4):
             rate = await batch_appends(root / f"b{writers}", writers, args.seconds)
-            print(f"1,000-record batches, {writers} appender(s), fsync=always: {rate:,.0f} records/s")
+            print(
+                f"1,000-record batches, {writers} appender(s), fsync=always: {rate:,.0f} records/s"
+            )
         print()
         empty = root / "empty"
         await fill(empty, 0)
@@ -190,8 +196,12 @@ async def main() -> None:
         await fill(full, args.backlog)
         t_empty, rss_empty, _ = startup(empty)
         t_full, rss_full, backlog = startup(full)
-        print(f"start-up, empty spool:            {t_empty * 1e3:7.1f} ms, peak RSS {rss_empty / 1024:6.1f} MiB")
-        print(f"start-up, {backlog:,} unacked:   {t_full * 1e3:7.1f} ms, peak RSS {rss_full / 1024:6.1f} MiB")
+        print(
+            f"start-up, empty spool:            {t_empty * 1e3:7.1f} ms, peak RSS {rss_empty / 1024:6.1f} MiB"
+        )
+        print(
+            f"start-up, {backlog:,} unacked:   {t_full * 1e3:7.1f} ms, peak RSS {rss_full / 1024:6.1f} MiB"
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

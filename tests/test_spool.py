@@ -1,0 +1,234 @@
+"""The spool's behaviour: group commit, ordered reads, out-of-order acks, limits, owners."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from agent import spool_format as fmt
+from agent.config import SpoolConfig
+from agent.errors import SpoolError, SpoolFull, SpoolLocked
+from agent.spool import Spool
+from tests.conftest import SpoolFactory
+
+
+async def wait_for_cursor(spool: Spool, path: Path, seq: int) -> None:
+    for _ in range(200):
+        if fmt.decode_cursor(path.read_bytes()).next_seq == seq:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"cursor never reached {seq}")
+
+
+async def test_concurrent_appends_share_one_write_and_fsync(open_spool: SpoolFactory):
+    spool = await open_spool()
+    seqs = await asyncio.gather(*(spool.append([b"r%d" % i]) for i in range(200)))
+    assert sorted(s.start for s in seqs) == list(range(1, 201))
+    assert spool.stats.fsyncs <= 3  # group commit: far fewer fsyncs than appends
+    assert spool.stats.appended_records == 200
+
+
+async def test_an_append_completes_only_after_the_fsync_that_covers_it(open_spool: SpoolFactory):
+    spool = await open_spool()
+    before = spool.stats.fsyncs
+    await spool.append([b"one"])
+    assert spool.stats.fsyncs == before + 1
+
+
+async def test_a_batch_gets_consecutive_seqs_and_is_read_back_in_order(open_spool: SpoolFactory):
+    spool = await open_spool()
+    assert await spool.append([b"a", b"b", b"c"]) == range(1, 4)
+    assert await spool.append([b"d"]) == range(4, 5)
+    entries = await spool.read(10)
+    assert [(e.seq, e.payload) for e in entries] == [(1, b"a"), (2, b"b"), (3, b"c"), (4, b"d")]
+    assert await spool.read(10) == []  # each entry is handed out once
+
+
+async def test_read_respects_the_record_and_byte_bounds(open_spool: SpoolFactory):
+    spool = await open_spool()
+    await spool.append([b"x" * 100] * 10)
+    assert len(await spool.read(3)) == 3
+    assert len(await spool.read(100, max_bytes=250)) == 3
+
+
+async def test_the_cursor_moves_only_over_a_contiguous_acknowledged_prefix(
+    open_spool: SpoolFactory,
+):
+    spool = await open_spool()
+    await spool.append([b"%d" % i for i in range(1, 6)])
+    await spool.read(10)
+    spool.ack([2, 3, 5])
+    assert spool.cursor == 1
+    assert spool.backlog == 2
+    spool.ack([1])
+    assert spool.cursor == 4
+    spool.ack([4])
+    assert spool.cursor == 6
+    assert spool.backlog == 0
+
+
+async def test_unacknowledged_entries_are_handed_out_again_after_a_reopen(
+    open_spool: SpoolFactory, spool_config: SpoolConfig
+):
+    spool = await open_spool()
+    await spool.append([b"%d" % i for i in range(1, 11)])
+    await spool.read(10)
+    spool.ack([1, 2, 3, 4, 6])
+    await spool.close()
+    again = await open_spool()
+    assert [e.seq for e in await again.read(100)] == [5, 6, 7, 8, 9, 10]
+    assert await again.append([b"new"]) == range(11, 12)
+
+
+async def test_the_cursor_is_persisted_atomically_and_consumed_segments_are_deleted(
+    open_spool: SpoolFactory,
+):
+    spool = await open_spool(segment_bytes=100)
+    for i in range(6):
+        await spool.append([b"x" * 150])
+    assert len(list(spool.dir.glob("*.seg"))) == 6
+    spool.ack(e.seq for e in await spool.read(4))
+    await wait_for_cursor(spool, fmt.cursor_path(spool.dir), 5)
+    await asyncio.sleep(0.05)
+    assert sorted(p.name for p in spool.dir.glob("*.seg")) == [
+        fmt.segment_path(spool.dir, seq).name for seq in (5, 6)
+    ]
+    assert not list(spool.dir.glob("*.tmp"))
+
+
+async def test_a_missing_segment_means_consumed_and_never_a_crash_loop(
+    open_spool: SpoolFactory,
+):
+    spool = await open_spool(segment_bytes=100)
+    for _ in range(4):
+        await spool.append([b"x" * 150])
+    await spool.close()
+    fmt.segment_path(spool.dir, 1).unlink()  # as if deleted before the cursor was saved
+    again = await open_spool(segment_bytes=100)
+    assert [e.seq for e in await again.read(10)] == [2, 3, 4]
+
+
+async def test_a_wrong_cursor_hint_costs_a_scan_not_a_quarantine(open_spool: SpoolFactory):
+    spool = await open_spool()
+    await spool.append([b"a", b"b", b"c"])
+    spool.ack(e.seq for e in await spool.read(1))
+    await spool.close()
+    path = fmt.cursor_path(spool.dir)
+    cursor = fmt.decode_cursor(path.read_bytes())
+    path.write_bytes(fmt.encode_cursor(replace(cursor, offset=(cursor.offset or 0) + 3)))
+    again = await open_spool()
+    assert [e.payload for e in await again.read(10)] == [b"b", b"c"]
+    assert again.stats.damage_events == 0
+
+
+async def test_interval_mode_acknowledges_before_the_sync_and_syncs_on_a_timer(
+    open_spool: SpoolFactory,
+):
+    spool = await open_spool(fsync="interval", fsync_interval_ms=20)
+    await spool.append([b"a"])
+    assert spool.stats.fsyncs == 0
+    await asyncio.sleep(0.1)
+    assert spool.stats.fsyncs == 1
+
+
+async def test_off_mode_never_syncs_data(open_spool: SpoolFactory):
+    spool = await open_spool(fsync="off")
+    await spool.append([b"a"] * 10)
+    assert spool.stats.fsyncs == 0
+
+
+async def test_max_bytes_refuses_the_whole_append_and_stores_nothing(open_spool: SpoolFactory):
+    spool = await open_spool(max_bytes=1000, segment_bytes=1000)
+    await spool.append([b"x" * 400])
+    with pytest.raises(SpoolFull, match="max_bytes"):
+        await spool.append([b"y" * 100] * 5)
+    await spool.append([b"z" * 100])
+    assert [e.payload[:1] for e in await spool.read(10)] == [b"x", b"z"]
+
+
+async def test_min_free_bytes_keeps_a_reserve_on_the_filesystem(open_spool: SpoolFactory):
+    st = os.statvfs(os.getcwd())
+    spool = await open_spool(min_free_bytes=st.f_bavail * st.f_frsize * 2)
+    with pytest.raises(SpoolFull, match="min_free_bytes"):
+        await spool.append([b"a"])
+
+
+async def test_a_closed_spool_refuses_appends(open_spool: SpoolFactory):
+    spool = await open_spool()
+    await spool.close()
+    with pytest.raises(SpoolError, match="closing"):
+        await spool.append([b"a"])
+
+
+async def test_a_second_owner_of_the_directory_is_refused(
+    open_spool: SpoolFactory, spool_config: SpoolConfig
+):
+    await open_spool()
+    second = Spool(spool_config)
+    with pytest.raises(SpoolLocked, match=f"pid {os.getpid()}"):
+        second.open()
+    second.close_sync()
+    probe = "import sys; from agent.config import SpoolConfig; from agent.spool import Spool; "
+    probe += "Spool(SpoolConfig(dir=sys.argv[1], min_free_bytes=0)).open()"
+    result = subprocess.run(
+        [sys.executable, "-c", probe, spool_config.dir], capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "in use by another usage-agent" in result.stderr
+
+
+# --- a full disk, for real: a small tmpfs --------------------------------------------------
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_a_full_disk_fails_the_append_and_keeps_what_was_written(small_fs: Path):
+    ballast = small_fs / "ballast"
+    ballast.write_bytes(b"\0" * 128 * 1024)
+    config = SpoolConfig(dir=str(small_fs / "spool"), min_free_bytes=0, segment_bytes=64 * 1024)
+    spool = Spool(config)
+    spool.open()
+    await spool.start()
+    accepted: list[int] = []
+    with pytest.raises(SpoolFull, match="full"):
+        for i in range(10_000):
+            seqs = await spool.append([b"record-%06d" % i + b"." * 500])
+            accepted.extend(seqs)
+    assert len(accepted) > 100
+    ballast.unlink()
+    await asyncio.sleep(0.15)  # the free-space estimate is refreshed at most every 100 ms
+    [after] = await spool.append([b"after the disk had room again"])
+    await spool.close()
+
+    again = Spool(config)
+    again.open()
+    await again.start()
+    entries = []
+    while batch := await again.read(1000):
+        entries.extend(batch)
+    assert [e.seq for e in entries] == [*accepted, after]
+    assert all(e.payload.startswith(b"record-") for e in entries[:-1])
+    assert again.stats.damage_events == again.stats.torn_tail_bytes == 0
+    await again.close()
