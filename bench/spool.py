@@ -196,12 +196,11 @@ async def main() -> None:
         await fill(full, args.backlog)
         t_empty, rss_empty, _ = startup(empty)
         t_full, rss_full, backlog = startup(full)
-        print(
-            f"start-up, empty spool:            {t_empty * 1e3:7.1f} ms, peak RSS {rss_empty / 1024:6.1f} MiB"
-        )
-        print(
-            f"start-up, {backlog:,} unacked:   {t_full * 1e3:7.1f} ms, peak RSS {rss_full / 1024:6.1f} MiB"
-        )
+        for label, took, rss in (
+            ("empty spool", t_empty, rss_empty),
+            (f"{backlog:,} unacknowledged records", t_full, rss_full),
+        ):
+            print(f"start-up, {label:34s} {took * 1e3:7.1f} ms, peak RSS {rss / 1024:6.1f} MiB")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -91,7 +91,7 @@ async def test_the_cursor_is_persisted_atomically_and_consumed_segments_are_dele
     open_spool: SpoolFactory,
 ):
     spool = await open_spool(segment_bytes=100)
-    for i in range(6):
+    for _ in range(6):
         await spool.append([b"x" * 150])
     assert len(list(spool.dir.glob("*.seg"))) == 6
     spool.ack(e.seq for e in await spool.read(4))
@@ -178,7 +178,7 @@ async def test_a_second_owner_of_the_directory_is_refused(
     probe = "import sys; from agent.config import SpoolConfig; from agent.spool import Spool; "
     probe += "Spool(SpoolConfig(dir=sys.argv[1], min_free_bytes=0)).open()"
     result = subprocess.run(
-        [sys.executable, "-c", probe, spool_config.dir], capture_output=True, text=True
+        [sys.executable, "-c", probe, spool_config.dir], capture_output=True, text=True, check=False
     )
     assert result.returncode != 0
     assert "in use by another usage-agent" in result.stderr
@@ -194,7 +194,9 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "small"
     mount.mkdir()
     result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
     )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")

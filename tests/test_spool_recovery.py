@@ -100,7 +100,7 @@ async def test_a_segment_of_a_newer_format_version_refuses_to_open_with_a_hint(
     directory = tmp_path / "future"
     shutil.copytree(DATA / "future-version", directory)
     spool = Spool(SpoolConfig(dir=str(directory), min_free_bytes=0))
-    with pytest.raises(SpoolFormatError, match="format version 99.*newer usage-agent"):
+    with pytest.raises(SpoolFormatError, match=r"format version 99.*newer usage-agent"):
         spool.open()
     spool.close_sync()
 
