@@ -29,47 +29,28 @@ import asyncio
 import bisect
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
 from agent import spool_format as fmt
 from agent.config import SpoolConfig
-from agent.errors import SpoolError, SpoolFormatError, SpoolFull, SpoolLocked
+from agent.errors import SpoolError, SpoolFormatError, SpoolFull
+from agent.fsio import fsync_dir, write_all, write_atomically
+from agent.spool_reader import Entry, ReadView, SpoolReader, SpoolStats
+from agent.spool_recovery import Segment, list_segments, lock_directory, recover_tail
 
 log = logging.getLogger(__name__)
 
 FIRST_SEQ: Final = 1
-READ_CHUNK: Final = 1024 * 1024
 FREE_SPACE_TTL_S: Final = 0.1
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _Waiting = tuple[list[bytes], "asyncio.Future[range]"]  # an append's payloads and its answer
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    seq: int
-    payload: bytes
-
-
-@dataclass
-class SpoolStats:
-    """Counters and levels, read by metrics and /status."""
-
-    appended_records: int = 0
-    commits: int = 0
-    fsyncs: int = 0
-    lost_records: int = 0
-    quarantined_bytes: int = 0
-    damage_events: int = 0
-    torn_tail_bytes: int = 0
 
 
 class SpoolObserver(Protocol):
@@ -86,53 +67,6 @@ class _NoObserver:
 
     def committed(self, records: int) -> None:
         pass
-
-
-@dataclass
-class _Segment:
-    first_seq: int
-    path: Path
-    size: int
-
-
-@dataclass
-class _ReadPosition:
-    """Where the reader is: the next seq to hand out and where its frame starts."""
-
-    seq: int
-    segment: int  # first seq of the segment being read
-    offset: int
-    buf: bytes = b""
-    buf_base: int = 0  # file offset of buf[0]
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` by `data`: temp file, fsync, rename, fsync of the directory."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        _write_all(fd, data, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def _write_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
 
 
 class Spool:
@@ -152,7 +86,7 @@ class Spool:
         self.spool_id = ""
         self._clock = clock
         self._lock_fd = -1
-        self._segments: list[_Segment] = []
+        self._segments: list[Segment] = []
         self._active_fd = -1
         self._next_seq = FIRST_SEQ  # the seq the next committed frame gets
         self._durable_seq = FIRST_SEQ  # frames below it are acknowledged to appenders
@@ -161,7 +95,7 @@ class Spool:
         self._pending: list[_Waiting] = []
         self._pending_bytes = 0
         self._wakeup = asyncio.Event()
-        self._read_pos = _ReadPosition(FIRST_SEQ, FIRST_SEQ, fmt.SEGMENT_HEADER_SIZE)
+        self._reader = SpoolReader(self.dir, self.stats, FIRST_SEQ, FIRST_SEQ, 0)
         self._reading = asyncio.Lock()
         self._positions: dict[int, tuple[int, int]] = {}
         self._acked: set[int] = set()
@@ -183,13 +117,12 @@ class Spool:
         Synchronous: it runs once, before the agent serves."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         (self.dir / "quarantine").mkdir(exist_ok=True, mode=0o750)
-        self._lock()
+        self._lock_fd = lock_directory(self.dir)
         cursor = self._load_cursor()
         self.spool_id = cursor.spool_id
-        self._segments = self._list_segments()
+        self._segments = list_segments(self.dir)
         self._drop_consumed(cursor.next_seq)
-        if self._segments:
-            self._recover_tail(self._segments[-1])
+        self._next_seq = recover_tail(self.dir, self._segments, self.stats) or FIRST_SEQ
         if self._next_seq < cursor.next_seq or not self._segments:
             self._next_seq = max(self._next_seq, cursor.next_seq)
             self._roll(self._next_seq)
@@ -204,10 +137,10 @@ class Spool:
         if (
             cursor.segment == first
             and cursor.offset is not None
-            and self._frame_at(first, cursor.offset, self._cursor_seq)
+            and self._frame_at(first, cursor.offset, self._cursor_seq) is not None
         ):
             offset = cursor.offset
-        self._read_pos = _ReadPosition(self._cursor_seq, first, offset, b"", offset)
+        self._reader = SpoolReader(self.dir, self.stats, self._cursor_seq, first, offset)
         self._cursor_hint = (self._cursor_seq, first, offset)
         self._save_cursor()
 
@@ -332,7 +265,7 @@ class Spool:
         data = fmt.encode_frames(first_seq, payloads)
         start = active.size
         try:
-            _write_all(self._active_fd, data, start)
+            write_all(self._active_fd, data, start)
             if self.config.fsync == "always":
                 self._fdatasync()
             else:
@@ -374,7 +307,7 @@ class Spool:
         path = fmt.segment_path(self.dir, first_seq)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
-            _write_all(fd, fmt.encode_segment_header(first_seq), 0)
+            write_all(fd, fmt.encode_segment_header(first_seq), 0)
             os.fsync(fd)
             fsync_dir(self.dir)
         except OSError:
@@ -385,7 +318,7 @@ class Spool:
         if self._active_fd >= 0:
             os.close(self._active_fd)
         self._active_fd = fd
-        self._segments.append(_Segment(first_seq, path, fmt.SEGMENT_HEADER_SIZE))
+        self._segments.append(Segment(first_seq, path, fmt.SEGMENT_HEADER_SIZE))
         self._durable_offset = fmt.SEGMENT_HEADER_SIZE
 
     # --- reading and acknowledging --------------------------------------------------------
@@ -393,125 +326,19 @@ class Spool:
     async def read(self, max_records: int, max_bytes: int = 1 << 30) -> list[Entry]:
         """Up to `max_records` durable entries not handed out before, in seq order."""
         async with self._reading:
-            if self._read_pos.seq >= self._durable_seq:
+            if self._reader.seq >= self._durable_seq:
                 return []
-            view = self._read_view()
-            loop = asyncio.get_running_loop()
-            entries, lost, positions = await loop.run_in_executor(
-                self._read_io, self._read_sync, view, max_records, max_bytes
+            view = ReadView(
+                [s.first_seq for s in self._segments], self._durable_seq, self._durable_offset
             )
-        self._positions.update(positions)
-        if lost:
-            self.ack(lost)
-        return entries
-
-    def _read_view(self) -> tuple[list[int], int, int]:
-        """What the reader may see: segment first seqs, durable seq and active end offset."""
-        return [s.first_seq for s in self._segments], self._durable_seq, self._durable_offset
-
-    def _read_sync(
-        self, view: tuple[list[int], int, int], max_records: int, max_bytes: int
-    ) -> tuple[list[Entry], list[int], dict[int, tuple[int, int]]]:
-        firsts, durable_seq, durable_offset = view
-        pos = self._read_pos
-        entries: list[Entry] = []
-        lost: list[int] = []
-        positions: dict[int, tuple[int, int]] = {}
-        taken = 0
-        while len(entries) < max_records and taken < max_bytes and pos.seq < durable_seq:
-            index = bisect.bisect_right(firsts, pos.segment) - 1
-            is_active = index == len(firsts) - 1
-            limit = durable_offset if is_active else None
-            frame = self._next_frame(pos, limit)
-            if frame is None:
-                if is_active:
-                    break
-                following = firsts[index + 1]
-                self._quarantine_rest(pos, following, lost)
-                self._enter_segment(pos, following)
-                continue
-            if frame.seq < pos.seq:
-                pos.offset = frame.end
-                continue
-            lost.extend(range(pos.seq, frame.seq))
-            positions[frame.seq] = (pos.segment, pos.offset)
-            entries.append(Entry(frame.seq, frame.payload))
-            taken += len(frame.payload)
-            pos.seq = frame.seq + 1
-            pos.offset = frame.end
-        self.stats.lost_records += len(lost)
-        return entries, lost, positions
-
-    def _next_frame(self, pos: _ReadPosition, limit: int | None) -> fmt.Frame | None:
-        """The valid frame at or after pos.offset in pos.segment, quarantining damage on
-        the way; None at the end of what may be read (damage with nothing valid after it
-        stays in place: for a sealed segment the caller quarantines it)."""
-        while True:
-            rel = pos.offset - pos.buf_base
-            try:
-                frame = fmt.decode_frame(pos.buf, rel)
-            except fmt.CorruptFrame:
-                frame, damaged = None, True
-            else:
-                damaged = False
-            if frame is not None:
-                return fmt.Frame(frame.seq, frame.payload, pos.offset, pos.buf_base + frame.end)
-            if not damaged and self._fill(pos, limit, READ_CHUNK):
-                continue
-            if len(pos.buf) == rel:
-                return None
-            self._fill(pos, limit, None)
-            nxt = fmt.next_valid_frame(pos.buf, 0)  # _fill put pos.offset at buf[0]
-            if nxt is None:
-                return None
-            self._quarantine(pos.segment, pos.offset, pos.buf[:nxt])
-            pos.offset = pos.buf_base + nxt
-
-    def _fill(self, pos: _ReadPosition, limit: int | None, chunk: int | None) -> bool:
-        """Read up to `chunk` more bytes (None: all) of pos.segment, short of `limit`
-        (None: end of file), into pos.buf, dropping what lies behind pos.offset.
-        False if there was nothing more to read."""
-        keep = pos.buf[pos.offset - pos.buf_base :]
-        start = pos.offset + len(keep)
-        want = -1 if chunk is None else chunk
-        if limit is not None:
-            want = limit - start if want < 0 else min(want, limit - start)
-        more = b""
-        if want != 0:
-            try:
-                with open(fmt.segment_path(self.dir, pos.segment), "rb") as handle:
-                    handle.seek(start)
-                    more = handle.read(want)
-            except FileNotFoundError:
-                log.warning("spool segment %d is gone: taken as consumed", pos.segment)
-        pos.buf, pos.buf_base = keep + more, pos.offset
-        return bool(more)
-
-    def _quarantine_rest(self, pos: _ReadPosition, following: int, lost: list[int]) -> None:
-        """A sealed segment ends in damage: keep its bytes and count its seqs as lost."""
-        rest = pos.buf[pos.offset - pos.buf_base :]
-        if rest:
-            self._quarantine(pos.segment, pos.offset, rest)
-        lost.extend(range(pos.seq, following))
-        pos.seq = max(pos.seq, following)
-
-    def _enter_segment(self, pos: _ReadPosition, first_seq: int) -> None:
-        pos.segment, pos.offset = first_seq, fmt.SEGMENT_HEADER_SIZE
-        pos.buf, pos.buf_base = b"", fmt.SEGMENT_HEADER_SIZE
-
-    def _quarantine(self, segment: int, offset: int, data: bytes) -> None:
-        path = fmt.quarantine_path(self.dir, segment, offset)
-        write_atomically(path, data)
-        self.stats.quarantined_bytes += len(data)
-        self.stats.damage_events += 1
-        log.error(
-            "spool damage: %d bytes at offset %d of segment %d copied to %s; reading resumes "
-            "at the next valid frame",
-            len(data),
-            offset,
-            segment,
-            path,
-        )
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(
+                self._read_io, self._reader.read, view, max_records, max_bytes
+            )
+        self._positions.update(result.positions)
+        if result.lost:
+            self.ack(result.lost)
+        return result.entries
 
     def ack(self, seqs: Iterable[int]) -> None:
         """Mark entries delivered. The cursor moves over the contiguous acknowledged prefix
@@ -527,8 +354,8 @@ class Spool:
         if cursor != self._cursor_seq:
             self._cursor_seq = cursor
             where = positions.get(cursor)
-            if where is None and cursor == self._read_pos.seq:
-                where = (self._read_pos.segment, self._read_pos.offset)
+            if where is None and cursor == self._reader.seq:
+                where = (self._reader.segment, self._reader.offset)
             if where is not None:
                 self._cursor_hint = (cursor, *where)
 
@@ -580,112 +407,36 @@ class Spool:
 
     # --- recovery -------------------------------------------------------------------------
 
-    def _lock(self) -> None:
-        path = fmt.lock_path(self.dir)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise SpoolLocked(
-                f"{self.dir} is in use by another usage-agent (pid {owner}); "
-                "one spool directory has one owner"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
-
-    def _list_segments(self) -> list[_Segment]:
-        found = []
-        for path in self.dir.iterdir():
-            first = fmt.segment_first_seq(path)
-            if first is not None:
-                found.append(_Segment(first, path, path.stat().st_size))
-        return sorted(found, key=lambda s: s.first_seq)
-
-    def _recover_tail(self, segment: _Segment) -> None:
-        """Scan the newest segment: find its end and next seq and cut a torn tail off.
-        Damage followed by valid frames is left for the reader to quarantine."""
-        data = segment.path.read_bytes()
-        try:
-            version, first_seq = fmt.decode_segment_header(data)
-        except ValueError:
-            self._set_aside(segment, data)
-            return
-        if version != fmt.FORMAT_VERSION:
-            raise SpoolFormatError(
-                str(segment.path),
-                f"format version {version}, this agent reads {fmt.FORMAT_VERSION}",
-                "written by a newer usage-agent? upgrade it, or drain the spool first",
-            )
-        pos, expected = fmt.SEGMENT_HEADER_SIZE, first_seq
-        while pos < len(data):
-            try:
-                frame = fmt.decode_frame(data, pos)
-            except fmt.CorruptFrame:
-                frame = None
-            if frame is not None:
-                pos, expected = frame.end, frame.seq + 1
-                continue
-            nxt = fmt.next_valid_frame(data, pos)
-            if nxt is None:
-                self._cut_torn_tail(segment, pos, len(data) - pos)
-                break
-            log.warning("spool recovery: damage at offset %d of %s", pos, segment.path)
-            pos = nxt  # the reader quarantines it when it gets there
-        segment.size = pos
-        self._next_seq = expected
-
-    def _cut_torn_tail(self, segment: _Segment, offset: int, length: int) -> None:
-        log.warning(
-            "spool recovery: cut a torn tail of %d bytes at offset %d of %s "
-            "(a write interrupted by a crash; it had not been acknowledged)",
-            length,
-            offset,
-            segment.path,
-        )
-        self.stats.torn_tail_bytes += length
-        fd = os.open(segment.path, os.O_WRONLY)
-        try:
-            os.ftruncate(fd, offset)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _set_aside(self, segment: _Segment, data: bytes) -> None:
-        """The newest segment has no valid header: a crash while it was being created
-        (then it is empty) or damage. Either way its bytes go to quarantine."""
-        self._segments.remove(segment)
-        if data.strip(b"\0"):
-            self._quarantine(segment.first_seq, 0, data)
-        segment.path.unlink()
-        fsync_dir(self.dir)
-        if self._segments:
-            self._recover_tail(self._segments[-1])
-
     def _open_active(self) -> None:
         active = self._segments[-1]
         self._active_fd = os.open(active.path, os.O_RDWR)
         self._durable_offset = active.size
 
-    def _frame_at(self, segment: int, offset: int, seq: int) -> bool:
-        """Whether a valid frame with `seq` starts at `offset` of `segment` (checks the
-        cursor file's hint, so that a wrong hint costs a scan, never a quarantine)."""
+    def _frame_at(self, segment: int, offset: int, seq: int) -> bytes | None:
+        """The payload of the frame `seq` if it starts at `offset` of `segment`, else None
+        (checks a position hint, so that a wrong hint costs a scan, never a quarantine)."""
         if offset < fmt.SEGMENT_HEADER_SIZE:
-            return False
-        with open(fmt.segment_path(self.dir, segment), "rb") as handle:
-            handle.seek(offset)
-            head = handle.read(fmt.FRAME_HEADER_SIZE)
-            if len(head) < fmt.FRAME_HEADER_SIZE:
-                return False
-            length = fmt.FRAME_HEADER.unpack(head)[2]
-            data = head + handle.read(min(length, fmt.MAX_PAYLOAD_BYTES))
+            return None
         try:
+            with open(fmt.segment_path(self.dir, segment), "rb") as handle:
+                handle.seek(offset)
+                head = handle.read(fmt.FRAME_HEADER_SIZE)
+                if len(head) < fmt.FRAME_HEADER_SIZE:
+                    return None
+                length = fmt.FRAME_HEADER.unpack(head)[2]
+                data = head + handle.read(min(length, fmt.MAX_PAYLOAD_BYTES))
             frame = fmt.decode_frame(data, 0)
-        except fmt.CorruptFrame:
-            return False
-        return frame is not None and frame.seq == seq
+        except (OSError, fmt.CorruptFrame):
+            return None
+        return frame.payload if frame is not None and frame.seq == seq else None
+
+    def head(self) -> bytes | None:
+        """The payload of the oldest unacknowledged entry, when its place is known (one
+        small read; None when the backlog is empty or the place is not known)."""
+        seq, segment, offset = self._cursor_hint
+        if self.backlog == 0 or seq != self._cursor_seq:
+            return None
+        return self._frame_at(segment, offset, seq)
 
     def _segment_of(self, seq: int) -> int:
         firsts = [s.first_seq for s in self._segments]

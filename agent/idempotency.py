@@ -1,0 +1,128 @@
+"""Durable memory of `Idempotency-Key`s: a repeat of a key gets the first answer again.
+
+The keys live in memory (an ordered map, oldest first) and in a spool of their own under
+`<spool.dir>/idempotency/`, so they survive restarts and crashes with the same frame
+format, checksums and torn-tail recovery as the usage spool. Each entry is the JSON
+`{"k": key, "t": unix seconds, "s": status, "b": response body}`.
+
+Bounds: a key is remembered for `ingest.idempotency_window_s`, and at most
+`ingest.idempotency_max_keys` keys are kept (the oldest are forgotten first). Forgetting a
+key acknowledges its entry, so the key spool's segments are deleted as the window slides.
+Start-up reads every remembered key: its cost grows with `idempotency_max_keys`, not with
+the usage backlog.
+
+Not guaranteed: the key is stored just after the records it answers for. A crash in that
+window (one fsync long) forgets the key, and a retry of that request is stored again; both
+copies carry the same stable key in their envelopes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import orjson
+
+from agent.config import IngestConfig, SpoolConfig
+from agent.spool import Spool
+
+MAX_KEY_CHARS = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+
+
+@dataclass(slots=True)
+class _Remembered:
+    seq: int
+    at: float
+    answer: Answer
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot be an idempotency key, or None."""
+    if not key or len(key) > MAX_KEY_CHARS:
+        return f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} characters"
+    if not key.isascii() or not key.isprintable():
+        return "Idempotency-Key must be printable ASCII"
+    return None
+
+
+class IdempotencyStore:
+    def __init__(
+        self,
+        spool_config: SpoolConfig,
+        ingest: IngestConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        key_dir = f"{spool_config.dir.rstrip('/')}/idempotency"
+        self._spool = Spool(replace(spool_config, dir=key_dir, fsync="always", min_free_bytes=0))
+        self._window = ingest.idempotency_window_s
+        self._max_keys = ingest.idempotency_max_keys
+        self._clock = clock
+        self._keys: OrderedDict[str, _Remembered] = OrderedDict()
+        self._in_flight: dict[str, asyncio.Future[Answer | None]] = {}
+
+    async def start(self) -> None:
+        self._spool.open()
+        await self._spool.start()
+        while entries := await self._spool.read(10_000):
+            for entry in entries:
+                item = orjson.loads(entry.payload)
+                answer = Answer(item["s"], item["b"].encode())
+                self._keys[item["k"]] = _Remembered(entry.seq, item["t"], answer)
+        self._forget_old()
+
+    async def stop(self) -> None:
+        await self._spool.close()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    async def begin(self, key: str) -> Answer | None:
+        """The first answer for `key` if it is remembered; otherwise None, and the caller
+        owns the key until it calls `finish` (a concurrent request with the same key waits
+        for that and then gets the same answer)."""
+        self._forget_old()
+        while True:
+            remembered = self._keys.get(key)
+            if remembered is not None:
+                return remembered.answer
+            waiting = self._in_flight.get(key)
+            if waiting is None:
+                self._in_flight[key] = asyncio.get_running_loop().create_future()
+                return None
+            answer = await asyncio.shield(waiting)
+            if answer is not None:
+                return answer
+
+    async def finish(self, key: str, answer: Answer | None) -> None:
+        """Remember `answer` for `key` (durably) or, with None, release the key unanswered
+        (the request failed and stored nothing, so a retry must be tried afresh)."""
+        try:
+            if answer is not None:
+                now = self._clock()
+                entry = {"k": key, "t": now, "s": answer.status, "b": answer.body.decode()}
+                [seq] = await self._spool.append([orjson.dumps(entry)])
+                self._keys[key] = _Remembered(seq, now, answer)
+        finally:
+            waiting = self._in_flight.pop(key)
+            waiting.set_result(answer)
+
+    def _forget_old(self) -> None:
+        horizon = self._clock() - self._window
+        forgotten = []
+        while self._keys:
+            oldest = next(iter(self._keys.values()))
+            if oldest.at >= horizon and len(self._keys) <= self._max_keys:
+                break
+            forgotten.append(self._keys.popitem(last=False)[1].seq)
+        if forgotten:
+            self._spool.ack(forgotten)

@@ -1,0 +1,169 @@
+"""Reading the spool: frames handed out once each, in order, with damage set aside.
+
+The reader runs in the spool's read thread and sees only what the spool tells it is
+durable (`ReadView`). A damaged frame is copied to `quarantine/`, its sequence numbers are
+reported as lost, and reading resumes at the next valid frame. A segment that vanished is
+taken as consumed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from agent import spool_format as fmt
+from agent.fsio import write_atomically
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK: Final = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    seq: int
+    payload: bytes
+
+
+@dataclass
+class SpoolStats:
+    """Counters read by metrics and /status."""
+
+    appended_records: int = 0
+    commits: int = 0
+    fsyncs: int = 0
+    lost_records: int = 0
+    quarantined_bytes: int = 0
+    damage_events: int = 0
+    torn_tail_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadView:
+    """What the reader may see: segment first seqs, the durable seq, and the end of the
+    durable frames in the newest (active) segment."""
+
+    firsts: list[int]
+    durable_seq: int
+    durable_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    entries: list[Entry]
+    lost: list[int]  # seqs whose frames were damaged
+    positions: dict[int, tuple[int, int]]  # seq -> (segment, offset) of each entry
+
+
+def quarantine(directory: Path, stats: SpoolStats, segment: int, offset: int, data: bytes) -> None:
+    """Keep a copy of damaged bytes for forensics, and count them."""
+    path = fmt.quarantine_path(directory, segment, offset)
+    write_atomically(path, data)
+    stats.quarantined_bytes += len(data)
+    stats.damage_events += 1
+    log.error(
+        "spool damage: %d bytes at offset %d of segment %d copied to %s; "
+        "reading resumes at the next valid frame",
+        len(data),
+        offset,
+        segment,
+        path,
+    )
+
+
+class SpoolReader:
+    """The read position (next seq, its segment and offset) and a buffer of that segment."""
+
+    def __init__(self, directory: Path, stats: SpoolStats, seq: int, segment: int, offset: int):
+        self.dir = directory
+        self.stats = stats
+        self.seq = seq
+        self.segment = segment
+        self.offset = offset
+        self._buf = b""
+        self._buf_base = offset  # file offset of _buf[0]
+
+    def read(self, view: ReadView, max_records: int, max_bytes: int) -> ReadResult:
+        entries: list[Entry] = []
+        lost: list[int] = []
+        positions: dict[int, tuple[int, int]] = {}
+        taken = 0
+        while len(entries) < max_records and taken < max_bytes and self.seq < view.durable_seq:
+            index = bisect.bisect_right(view.firsts, self.segment) - 1
+            is_active = index == len(view.firsts) - 1
+            frame = self._next_frame(view.durable_offset if is_active else None)
+            if frame is None:
+                if is_active:
+                    break
+                self._give_up_segment(view.firsts[index + 1], lost)
+                continue
+            if frame.seq < self.seq:  # before the cursor: consumed already
+                self.offset = frame.end
+                continue
+            lost.extend(range(self.seq, frame.seq))
+            positions[frame.seq] = (self.segment, self.offset)
+            entries.append(Entry(frame.seq, frame.payload))
+            taken += len(frame.payload)
+            self.seq = frame.seq + 1
+            self.offset = frame.end
+        self.stats.lost_records += len(lost)
+        return ReadResult(entries, lost, positions)
+
+    def _next_frame(self, limit: int | None) -> fmt.Frame | None:
+        """The valid frame at or after self.offset, quarantining damage on the way; None
+        at the end of what may be read (damage with nothing valid after it stays: in a
+        sealed segment the caller gives the rest up)."""
+        while True:
+            rel = self.offset - self._buf_base
+            try:
+                frame = fmt.decode_frame(self._buf, rel)
+            except fmt.CorruptFrame:
+                frame, damaged = None, True
+            else:
+                damaged = False
+            if frame is not None:
+                return fmt.Frame(frame.seq, frame.payload, self.offset, self._buf_base + frame.end)
+            if not damaged and self._fill(limit, READ_CHUNK):
+                continue
+            if len(self._buf) == rel:
+                return None
+            self._fill(limit, None)
+            nxt = fmt.next_valid_frame(self._buf, 0)  # _fill put self.offset at _buf[0]
+            if nxt is None:
+                return None
+            quarantine(self.dir, self.stats, self.segment, self.offset, self._buf[:nxt])
+            self.offset = self._buf_base + nxt
+
+    def _fill(self, limit: int | None, chunk: int | None) -> bool:
+        """Read up to `chunk` more bytes (None: all) of the segment, short of `limit`
+        (None: its end), dropping what lies behind self.offset. False if nothing came."""
+        keep = self._buf[self.offset - self._buf_base :]
+        start = self.offset + len(keep)
+        want = -1 if chunk is None else chunk
+        if limit is not None:
+            want = limit - start if want < 0 else min(want, limit - start)
+        more = b""
+        if want != 0:
+            try:
+                with open(fmt.segment_path(self.dir, self.segment), "rb") as handle:
+                    handle.seek(start)
+                    more = handle.read(want)
+            except FileNotFoundError:
+                log.warning("spool segment %d is gone: taken as consumed", self.segment)
+        self._buf, self._buf_base = keep + more, self.offset
+        return bool(more)
+
+    def _give_up_segment(self, following: int, lost: list[int]) -> None:
+        """A sealed segment ends in damage (or is gone): keep the bytes, count its
+        remaining seqs as lost, and move to the segment starting at `following`."""
+        rest = self._buf[self.offset - self._buf_base :]
+        if rest:
+            quarantine(self.dir, self.stats, self.segment, self.offset, rest)
+        lost.extend(range(self.seq, following))
+        self.seq = max(self.seq, following)
+        self.segment = following
+        self.offset = self._buf_base = fmt.SEGMENT_HEADER_SIZE
+        self._buf = b""

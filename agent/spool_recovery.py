@@ -1,0 +1,115 @@
+"""Opening a spool directory after whatever happened to it: lock, list, recover the tail.
+
+Only the newest segment is scanned: older ones were sealed (synced) before the next one was
+created, so start-up reads at most one segment whatever the backlog. Every step is
+idempotent, so a crash during recovery is followed by the same recovery.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent import spool_format as fmt
+from agent.errors import SpoolFormatError, SpoolLocked
+from agent.fsio import fsync_dir, truncate_durably
+from agent.spool_reader import SpoolStats, quarantine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Segment:
+    first_seq: int
+    path: Path
+    size: int
+
+
+def lock_directory(directory: Path) -> int:
+    """Take the directory's exclusive flock (released when the fd closes or the process
+    dies); SpoolLocked, naming the owner's pid, when another process has it."""
+    fd = os.open(fmt.lock_path(directory), os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise SpoolLocked(
+            f"{directory} is in use by another usage-agent (pid {owner}); "
+            "one spool directory has one owner"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def list_segments(directory: Path) -> list[Segment]:
+    found = []
+    for path in directory.iterdir():
+        first = fmt.segment_first_seq(path)
+        if first is not None:
+            found.append(Segment(first, path, path.stat().st_size))
+    return sorted(found, key=lambda s: s.first_seq)
+
+
+def recover_tail(directory: Path, segments: list[Segment], stats: SpoolStats) -> int | None:
+    """Make the newest segment appendable: drop it if its header never made it to disk,
+    cut a torn tail off, set its size. Returns the seq its next frame gets (None when no
+    segment is left). Damage followed by valid frames is left for the reader."""
+    while segments:
+        segment = segments[-1]
+        data = segment.path.read_bytes()
+        try:
+            version, first_seq = fmt.decode_segment_header(data)
+        except ValueError:
+            _set_aside(directory, segments.pop(), data, stats)
+            continue
+        if version != fmt.FORMAT_VERSION:
+            raise SpoolFormatError(
+                str(segment.path),
+                f"format version {version}, this agent reads {fmt.FORMAT_VERSION}",
+                "written by a newer usage-agent? upgrade it, or drain the spool first",
+            )
+        segment.size, next_seq = _scan(segment, data, first_seq, stats)
+        return next_seq
+    return None
+
+
+def _scan(segment: Segment, data: bytes, first_seq: int, stats: SpoolStats) -> tuple[int, int]:
+    """(end of the last valid frame, seq after it), cutting off a torn tail."""
+    pos, next_seq = fmt.SEGMENT_HEADER_SIZE, first_seq
+    while pos < len(data):
+        try:
+            frame = fmt.decode_frame(data, pos)
+        except fmt.CorruptFrame:
+            frame = None
+        if frame is not None:
+            pos, next_seq = frame.end, frame.seq + 1
+            continue
+        nxt = fmt.next_valid_frame(data, pos)
+        if nxt is None:
+            log.warning(
+                "spool recovery: cut a torn tail of %d bytes at offset %d of %s "
+                "(a write interrupted by a crash; it had not been acknowledged)",
+                len(data) - pos,
+                pos,
+                segment.path,
+            )
+            stats.torn_tail_bytes += len(data) - pos
+            truncate_durably(segment.path, pos)
+            break
+        log.warning("spool recovery: damage at offset %d of %s", pos, segment.path)
+        pos = nxt  # the reader quarantines it when it gets there
+    return pos, next_seq
+
+
+def _set_aside(directory: Path, segment: Segment, data: bytes, stats: SpoolStats) -> None:
+    """A newest segment without a valid header: a crash while it was being created (then
+    it holds nothing) or damage. Either way, its bytes go to quarantine and it goes."""
+    if data.strip(b"\0"):
+        quarantine(directory, stats, segment.first_seq, 0, data)
+    segment.path.unlink()
+    fsync_dir(directory)
