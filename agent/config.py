@@ -19,6 +19,8 @@ except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
 
 from agent.errors import ConfigError
 
+__all__ = ["Config", "ConfigError", "IngestConfig", "LogConfig", "SpoolConfig", "load"]
+
 FsyncMode = Literal["always", "interval", "off"]
 FSYNC_MODES: Final = ("always", "interval", "off")
 MiB: Final = 1024 * 1024
@@ -43,6 +45,8 @@ class IngestConfig:
     allow_remote: bool = False
     token_file: str = ""
     max_request_bytes: int = MiB
+    body_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 15.0
     max_records_per_request: int = 10_000
     idempotency_window_s: int = 86_400
     idempotency_max_keys: int = 1_000_000
@@ -59,6 +63,7 @@ class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    shutdown_grace_s: float = 10.0
     source: str = "<defaults>"
 
 
@@ -67,6 +72,9 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "ingest": IngestConfig,
     "log": LogConfig,
 }
+
+
+_TOP_LEVEL: Final = {"shutdown_grace_s": "float"}
 
 
 def load(path: str | Path) -> Config:
@@ -86,9 +94,13 @@ def from_mapping(data: dict[str, Any], source: str = "<mapping>") -> Config:
     """Build a Config from parsed TOML (also how tests and the CLI make one)."""
     sections: dict[str, Any] = {}
     for name, table in data.items():
+        if name in _TOP_LEVEL:
+            sections[name] = _typed(table, _TOP_LEVEL[name], name, source)
+            continue
         cls = _SECTIONS.get(name)
         if cls is None:
-            raise ConfigError(source, name, f"unknown section; known: {', '.join(_SECTIONS)}")
+            known = ", ".join([*_TOP_LEVEL, *(f"[{s}]" for s in _SECTIONS)])
+            raise ConfigError(source, name, f"unknown key or section; known: {known}")
         if not isinstance(table, dict):
             raise ConfigError(source, name, "must be a table ([section])")
         sections[name] = _section(cls, name, table, source)
@@ -146,10 +158,14 @@ def _check(config: Config) -> None:
         "ingest.idempotency_window_s": ingest.idempotency_window_s,
         "ingest.idempotency_max_keys": ingest.idempotency_max_keys,
         "ingest.retry_after_s": ingest.retry_after_s,
+        "ingest.body_timeout_s": ingest.body_timeout_s,
+        "ingest.keepalive_timeout_s": ingest.keepalive_timeout_s,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(src, key, f"must be greater than 0, not {value}")
+    if config.shutdown_grace_s < 0:
+        raise ConfigError(src, "shutdown_grace_s", "must not be negative")
     if spool.min_free_bytes < 0:
         raise ConfigError(src, "spool.min_free_bytes", "must not be negative")
     if spool.segment_bytes > spool.max_bytes:

@@ -1,0 +1,350 @@
+"""The ingest API: the aiohttp app that takes usage from local apps (see openapi.yaml).
+
+`POST /usage` takes Paigo's own body (one record, a JSON array of records, or NDJSON) and
+answers `202 {"accepted": N, "ids": [...]}` only once the spool has made every record of
+the request durable. A request is all or nothing: any bad record, and none is stored.
+
+| status | when                                                                           |
+|--------|--------------------------------------------------------------------------------|
+| 202    | stored durably (with `fsync = "always"`: after the fsync)                      |
+| 400    | malformed JSON (with the parser's position), bad records (every problem), a    |
+|        | bad `invoice` flag or `Idempotency-Key`                                        |
+| 401    | `ingest.token_file` is set and the bearer token is missing or wrong            |
+| 405    | a method other than POST                                                       |
+| 408    | the body did not arrive within `ingest.body_timeout_s`                         |
+| 413    | body over `ingest.max_request_bytes`, or over `ingest.max_records_per_request` |
+| 415    | a content type other than JSON or NDJSON                                       |
+| 503    | the agent is shutting down (with Retry-After)                                  |
+| 507    | the spool is full or the disk is out of space (with Retry-After)               |
+
+Also `GET /healthz`, `GET /readyz`, `GET /metrics` and `GET /status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import orjson
+from aiohttp import web
+
+from agent import __version__
+from agent.config import IngestConfig
+from agent.errors import RecordInvalid, SpoolError, SpoolFull
+from agent.idempotency import Answer, IdempotencyStore, key_problem
+from agent.metrics import Metrics
+from agent.records import Envelope, decode_envelope, encode_envelope, validate_records
+from agent.spool import Spool
+
+log = logging.getLogger(__name__)
+
+JSON_TYPES: Final = ("application/json", "")
+NDJSON_TYPES: Final = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+MAX_PROBLEMS_SHOWN: Final = 100
+
+
+@dataclass
+class IngestState:
+    """What the handlers share; built by the service."""
+
+    config: IngestConfig
+    spool: Spool
+    keys: IdempotencyStore
+    metrics: Metrics
+    token: bytes | None = None
+    started_at: float = field(default_factory=time.time)
+    shutting_down: bool = False
+    delivery_status: Callable[[], dict[str, object]] = dict
+
+
+STATE: Final = web.AppKey("state", IngestState)
+
+
+class Refused(Exception):
+    """A request refused before anything was stored: status, reason label, JSON body."""
+
+    def __init__(
+        self, status: int, reason: str, message: str, *, records: int = 1, **extra: object
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.records = records
+        self.body: dict[str, object] = {"error": message, **extra}
+        self.headers: dict[str, str] = {}
+
+
+def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
+    return answer_response(Answer(status, orjson.dumps(body)), headers)
+
+
+def answer_response(answer: Answer, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=answer.status, body=answer.body, content_type="application/json", headers=headers
+    )
+
+
+# --- POST /usage --------------------------------------------------------------------------
+
+
+async def post_usage(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    started = time.perf_counter()
+    try:
+        response = await _ingest(request, state)
+    except Refused as refused:
+        response = json_response(refused.status, refused.body, refused.headers)
+        state.metrics.reject(refused.reason, refused.records)
+    state.metrics.requests.labels(str(response.status)).inc()
+    state.metrics.request_seconds.observe(time.perf_counter() - started)
+    return response
+
+
+async def _ingest(request: web.Request, state: IngestState) -> web.Response:
+    _check_token(request, state)
+    if state.shutting_down:
+        raise _unavailable(state, 503, "shutting_down", "the agent is shutting down; retry")
+    invoice = _invoice_flag(request)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and (why := key_problem(key)) is not None:
+        raise Refused(400, "bad_idempotency_key", why)
+    objs = await _read_records(request, state.config)
+    if key is None:
+        return answer_response(await _store(state, objs, invoice, ""))
+    earlier = await state.keys.begin(key)
+    if earlier is not None:
+        return answer_response(earlier, {"Idempotent-Replayed": "true"})
+    answer = None
+    try:
+        answer = await _store(state, objs, invoice, key)
+    finally:
+        await _remember(state, key, answer)
+    return answer_response(answer)
+
+
+async def _remember(state: IngestState, key: str, answer: Answer | None) -> None:
+    try:
+        await state.keys.finish(key, answer)
+    except SpoolError as exc:
+        log.error("could not remember Idempotency-Key (the records are stored): %s", exc)
+
+
+async def _store(state: IngestState, objs: list[object], invoice: bool, key: str) -> Answer:
+    try:
+        records = validate_records(objs)
+    except RecordInvalid as exc:
+        problems = [p.as_dict() for p in exc.problems[:MAX_PROBLEMS_SHOWN]]
+        bad = len({p.index for p in exc.problems})
+        raise Refused(
+            400,
+            "invalid_record",
+            f"{bad} of {len(objs)} records are invalid; nothing was stored",
+            records=len(objs),
+            errors=problems,
+        ) from None
+    now_ms = time.time_ns() // 1_000_000
+    payloads = [
+        encode_envelope(Envelope(orjson.dumps(r), now_ms, invoice, f"{key}:{i}" if key else ""))
+        for i, r in enumerate(records)
+    ]
+    try:
+        seqs = await state.spool.append(payloads)
+    except SpoolFull as exc:
+        raise _unavailable(state, 507, "spool_full", str(exc), records=len(objs)) from None
+    except SpoolError as exc:
+        raise _unavailable(state, 503, "spool_unavailable", str(exc), records=len(objs)) from None
+    state.metrics.records_accepted.inc(len(payloads))
+    body = {"accepted": len(payloads), "ids": [state.spool.record_id(s) for s in seqs]}
+    return Answer(202, orjson.dumps(body))
+
+
+def _unavailable(
+    state: IngestState, status: int, reason: str, message: str, records: int = 1
+) -> Refused:
+    refused = Refused(status, reason, message, records=records)
+    refused.headers["Retry-After"] = str(state.config.retry_after_s)
+    return refused
+
+
+def _check_token(request: web.Request, state: IngestState) -> None:
+    if state.token is None:
+        return  # an app that sends its Paigo token is not refused when none is configured
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        presented.strip().encode(), state.token
+    ):
+        refused = Refused(401, "unauthorized", "a valid bearer token is required")
+        refused.headers["WWW-Authenticate"] = 'Bearer realm="usage-agent"'
+        raise refused
+
+
+def _invoice_flag(request: web.Request) -> bool:
+    value = request.query.get("invoice")
+    if value is None or value == "false":
+        return False
+    if value == "true":
+        return True
+    raise Refused(400, "bad_query", f"invoice must be true or false, not {value[:20]!r}")
+
+
+async def _read_records(request: web.Request, config: IngestConfig) -> list[object]:
+    """The request's records as parsed JSON values, or Refused."""
+    content_type = request.content_type if "Content-Type" in request.headers else ""
+    if content_type not in JSON_TYPES and content_type not in NDJSON_TYPES:
+        raise Refused(
+            415,
+            "unsupported_media_type",
+            f"content type {content_type!r} is not accepted; send application/json "
+            "or application/x-ndjson",
+        )
+    length = request.content_length
+    if length is not None and length > config.max_request_bytes:
+        raise _too_large(config)
+    try:
+        async with asyncio.timeout(config.body_timeout_s):
+            body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(config) from None
+    except TimeoutError:
+        raise Refused(408, "body_timeout", "the request body did not arrive in time") from None
+    objs = _parse_ndjson(body) if content_type in NDJSON_TYPES else _parse_json(body)
+    if not objs:
+        raise Refused(400, "empty", "the request holds no records")
+    if len(objs) > config.max_records_per_request:
+        raise Refused(
+            413,
+            "too_many_records",
+            f"{len(objs)} records in one request; at most {config.max_records_per_request}",
+            records=len(objs),
+        )
+    return objs
+
+
+def _too_large(config: IngestConfig) -> Refused:
+    return Refused(
+        413, "body_too_large", f"the body is over {config.max_request_bytes} bytes; split it"
+    )
+
+
+def _parse_json(body: bytes) -> list[object]:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Refused(400, "malformed_json", f"malformed JSON: {exc}") from None
+    return value if isinstance(value, list) else [value]
+
+
+def _parse_ndjson(body: bytes) -> list[object]:
+    objs: list[object] = []
+    for number, line in enumerate(body.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            objs.append(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            raise Refused(
+                400, "malformed_json", f"malformed JSON on line {number}: {exc}"
+            ) from None
+    return objs
+
+
+# --- the other routes ---------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response(200, {"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    reasons = not_ready_reasons(state)
+    if reasons:
+        return json_response(503, {"status": "not ready", "reasons": reasons})
+    return json_response(200, {"status": "ready"})
+
+
+def not_ready_reasons(state: IngestState) -> list[str]:
+    reasons = []
+    if state.shutting_down:
+        reasons.append("shutting down")
+    if why := state.spool.writable:
+        reasons.append(f"spool not writable: {why}")
+    delivery = state.delivery_status()
+    if delivery.get("degraded"):
+        reasons.append(f"delivery degraded: {delivery.get('reason')}")
+    return reasons
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+def oldest_unsent_age(spool: Spool) -> float | None:
+    """Seconds since the oldest undelivered record was received (None: unknown or none)."""
+    head = spool.head()
+    if head is None:
+        return None
+    try:
+        received_ms = decode_envelope(head).received_at_ms
+    except ValueError:
+        return None
+    return max(0.0, time.time() - received_ms / 1000)
+
+
+async def status(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    spool = state.spool
+    stats = spool.stats
+    body = {
+        "version": __version__,
+        "uptime_s": round(time.time() - state.started_at, 3),
+        "ready": not not_ready_reasons(state),
+        "not_ready_reasons": not_ready_reasons(state),
+        "spool": {
+            "dir": str(spool.dir),
+            "backlog_records": spool.backlog,
+            "oldest_unsent_age_s": oldest_unsent_age(spool),
+            "bytes": spool.bytes_used,
+            "max_bytes": spool.config.max_bytes,
+            "fsync": spool.config.fsync,
+            "lost_records": stats.lost_records,
+            "quarantined_bytes": stats.quarantined_bytes,
+            "torn_tail_bytes": stats.torn_tail_bytes,
+        },
+        "idempotency_keys": len(state.keys),
+        "delivery": state.delivery_status(),
+    }
+    return json_response(200, body)
+
+
+@web.middleware
+async def no_tracebacks(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A bug must not leak a traceback to a client: log it, answer a plain 500."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unexpected error handling %s %s", request.method, request.path)
+        return json_response(500, {"error": "internal error; see the agent's log"})
+
+
+def make_app(state: IngestState) -> web.Application:
+    app = web.Application(
+        client_max_size=state.config.max_request_bytes, middlewares=[no_tracebacks]
+    )
+    app[STATE] = state
+    app.router.add_post("/usage", post_usage)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/status", status)
+    return app

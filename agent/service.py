@@ -1,0 +1,205 @@
+"""The service: builds every part from one Config, runs the listeners, owns shutdown.
+
+Start-up order: spool (lock, recover) -> idempotency keys -> HTTP app -> listeners ->
+systemd READY=1. Shutdown order, in `stop`, is the reverse and is written only here:
+
+1. mark shutting down: new `POST /usage` get 503 with Retry-After, `/readyz` says so;
+2. close the listeners and let requests under way finish, up to `shutdown_grace_s`;
+3. stop the idempotency store, then the spool (commit what is pending, persist the
+   cursor, release the lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import stat
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from agent.config import Config, IngestConfig, socket_mode
+from agent.errors import AgentError, ConfigError
+from agent.idempotency import IdempotencyStore
+from agent.ingest import IngestState, make_app, oldest_unsent_age
+from agent.metrics import Metrics
+from agent.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """("127.0.0.1", 7411) from "127.0.0.1:7411"; "[::1]:7411" for IPv6."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(config: Config) -> None:
+    """Refuse to listen beyond this host unless told to, and then only with a token."""
+    ingest = config.ingest
+    if not ingest.listen:
+        return
+    try:
+        host, _ = parse_listen(ingest.listen)
+    except ValueError as exc:
+        raise ConfigError(config.source, "ingest.listen", str(exc)) from None
+    if is_loopback(host):
+        return
+    if not ingest.allow_remote:
+        raise ConfigError(
+            config.source,
+            "ingest.listen",
+            f"{host} is not a loopback address; set ingest.allow_remote = true "
+            "(and ingest.token_file) to accept usage from other hosts",
+        )
+    if not ingest.token_file:
+        raise ConfigError(
+            config.source, "ingest.token_file", "is required when ingest.allow_remote = true"
+        )
+
+
+def read_token(config: Config) -> bytes | None:
+    path = config.ingest.token_file
+    if not path:
+        return None
+    try:
+        token = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(
+            config.source, "ingest.token_file", f"cannot read: {exc.strerror}"
+        ) from None
+    if not token:
+        raise ConfigError(config.source, "ingest.token_file", f"{path} is empty")
+    return token
+
+
+def bind_unix_socket(ingest: IngestConfig) -> socket.socket:
+    """A listening unix socket at ingest.unix_socket with the configured mode. A stale
+    socket file from a crashed run is removed; a live one, or any other file, is refused."""
+    path = Path(ingest.unix_socket)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise AgentError(f"{path} exists and is not a socket; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            log.info("removing stale socket %s", path)
+            path.unlink(missing_ok=True)
+        else:
+            raise AgentError(f"{path} is served by another process; is an agent running?")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # no window in which the socket is more open than asked
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, socket_mode(ingest))
+    return sock
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+        sock.sendto(message.encode(), address)
+
+
+class Service:
+    """Every part, built from one Config; `start` brings them up, `stop` takes them down
+    in the order this module's docstring gives (also after a failed start)."""
+
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics(registry or CollectorRegistry())
+        self.spool = Spool(config.spool, observer=self.metrics)
+        self.keys = IdempotencyStore(config.spool, config.ingest)
+        self.addresses: list[str] = []
+        self._stack = contextlib.AsyncExitStack()
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("usage-agent ready on %s; spool %s", ", ".join(self.addresses), self.spool.dir)
+        sd_notify("READY=1")
+
+    async def _start(self) -> None:
+        check_exposure(self.config)
+        token = read_token(self.config)
+        stack = self._stack
+        self.spool.open()
+        stack.push_async_callback(self.spool.close)
+        await self.spool.start()
+        await self.keys.start()
+        stack.push_async_callback(self.keys.stop)
+        self.metrics.watch_spool(self.spool, lambda: oldest_unsent_age(self.spool))
+        state = IngestState(self.config.ingest, self.spool, self.keys, self.metrics, token)
+        ingest = self.config.ingest
+        runner = web.AppRunner(
+            make_app(state),
+            access_log=None,
+            keepalive_timeout=ingest.keepalive_timeout_s,
+            shutdown_timeout=self.config.shutdown_grace_s,
+        )
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        if ingest.listen:
+            host, port = parse_listen(ingest.listen)
+            site = web.TCPSite(runner, host, port, backlog=1024)
+            await site.start()
+            self.addresses += [f"http://{host}:{p}" for p in _ports(site)]
+        if ingest.unix_socket:
+            sock = bind_unix_socket(ingest)
+            stack.callback(Path(ingest.unix_socket).unlink, missing_ok=True)
+            await web.SockSite(runner, sock, backlog=1024).start()
+            self.addresses.append(f"unix:{ingest.unix_socket}")
+        stack.callback(setattr, state, "shutting_down", True)
+
+    async def stop(self) -> None:
+        sd_notify("STOPPING=1")
+        await self._stack.aclose()
+        log.info("usage-agent stopped; %d records kept in %s", self.spool.backlog, self.spool.dir)
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, stop."""
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        await self.start()
+        try:
+            await stopping.wait()
+        finally:
+            await self.stop()
+
+
+def _ports(site: web.TCPSite) -> list[int]:
+    server = site._server  # aiohttp keeps the asyncio server here; needed for port 0
+    return [sock.getsockname()[1] for sock in getattr(server, "sockets", None) or []]
