@@ -139,6 +139,7 @@ class Service:
         self.spool = Spool(config.spool, observer=self.metrics)
         self.keys = IdempotencyStore(config.spool, config.ingest)
         self.addresses: list[str] = []
+        self.state: IngestState | None = None
         self._stack = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
@@ -161,6 +162,7 @@ class Service:
         stack.push_async_callback(self.keys.stop)
         self.metrics.watch_spool(self.spool, lambda: oldest_unsent_age(self.spool))
         state = IngestState(self.config.ingest, self.spool, self.keys, self.metrics, token)
+        self.state = state
         ingest = self.config.ingest
         runner = web.AppRunner(
             make_app(state),

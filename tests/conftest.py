@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import orjson
 import pytest
 
-from agent.config import SpoolConfig
+from agent.config import Config, SpoolConfig, from_mapping
+from agent.records import decode_envelope
+from agent.service import Service
 from agent.spool import Spool
 
 SpoolFactory = Callable[..., Spool]
@@ -38,6 +42,85 @@ async def open_spool(spool_config: SpoolConfig) -> AsyncIterator[SpoolFactory]:
             await spool.close()
 
 
+# --- a running agent, in this process, on real sockets ------------------------------------
+
+
+def agent_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
+    """A Config for tests: loopback port 0, a unix socket and a spool under tmp_path."""
+    data: dict[str, Any] = {
+        "spool": {"dir": str(tmp_path / "spool"), "min_free_bytes": 0, "cursor_interval_ms": 10},
+        "ingest": {"listen": "127.0.0.1:0", "unix_socket": str(tmp_path / "run" / "ingest.sock")},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return from_mapping(data, "test")
+
+
+class RunningAgent:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.url = service.addresses[0]
+        self.unix_socket = service.config.ingest.unix_socket
+        self.http = aiohttp.ClientSession()
+        self.unix = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=self.unix_socket))
+
+    async def post(
+        self, body: object, *, raw: bytes | None = None, via_unix: bool = False, **kwargs: Any
+    ) -> tuple[int, dict[str, Any], Any]:
+        session, base = (self.unix, "http://agent") if via_unix else (self.http, self.url)
+        headers = kwargs.pop("headers", {})
+        data = kwargs.pop("data", None) or (raw if raw is not None else orjson.dumps(body))
+        headers.setdefault("Content-Type", "application/json")
+        async with session.post(f"{base}/usage", data=data, headers=headers, **kwargs) as resp:
+            payload = await resp.read()
+            parsed = orjson.loads(payload) if resp.content_type == "application/json" else payload
+            return resp.status, dict(resp.headers), parsed
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        async with self.http.get(f"{self.url}{path}") as resp:
+            body = await resp.read()
+            return resp.status, orjson.loads(
+                body
+            ) if resp.content_type == "application/json" else body
+
+    async def stored(self) -> list[dict[str, Any]]:
+        """Every record the spool holds and has not handed out, in order."""
+        found = []
+        while entries := await self.service.spool.read(10_000):
+            found.extend(orjson.loads(decode_envelope(e.payload).record_json) for e in entries)
+        return found
+
+    async def close(self) -> None:
+        await self.http.close()
+        await self.unix.close()
+        await self.service.stop()
+
+
+AgentFactory = Callable[..., Awaitable[RunningAgent]]
+
+
 @pytest.fixture
-def no_leaked_spools() -> Iterator[None]:
-    yield
+async def start_agent(tmp_path: Path) -> AsyncIterator[AgentFactory]:
+    running: list[RunningAgent] = []
+
+    async def factory(config: Config | None = None, **sections: dict[str, Any]) -> RunningAgent:
+        service = Service(config or agent_config(tmp_path, **sections))
+        await service.start()
+        agent = RunningAgent(service)
+        running.append(agent)
+        return agent
+
+    yield factory
+    for agent in running:
+        await agent.close()
+
+
+def record(n: int = 0, **changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "timestamp": "2026-11-25T10:00:00Z",
+        "customerId": f"customer-{n % 7}",
+        "dimensionId": "api-calls",
+        "recordValue": str(n),
+    }
+    body.update(changes)
+    return body
