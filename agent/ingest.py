@@ -1,4 +1,6 @@
-"""The ingest API: the aiohttp app that takes usage from local apps (see openapi.yaml).
+"""The ingest API: the aiohttp app that takes usage from local apps.
+
+Its OpenAPI document is `openapi.json` beside this file (tests/test_openapi.py keeps it true).
 
 `POST /usage` takes Paigo's own body (one record, a JSON array of records, or NDJSON) and
 answers `202 {"accepted": N, "ids": [...]}` only once the spool has made every record of
@@ -26,7 +28,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -100,7 +102,7 @@ async def post_usage(request: web.Request) -> web.Response:
     except Refused as refused:
         response = json_response(refused.status, refused.body, refused.headers)
         state.metrics.reject(refused.reason, refused.records)
-    state.metrics.requests.labels(str(response.status)).inc()
+    state.metrics.count_request(response.status)
     state.metrics.request_seconds.observe(time.perf_counter() - started)
     return response
 
@@ -206,8 +208,11 @@ async def _read_records(request: web.Request, config: IngestConfig) -> list[obje
     if length is not None and length > config.max_request_bytes:
         raise _too_large(config)
     try:
-        async with asyncio.timeout(config.body_timeout_s):
+        if request.content.is_eof():  # the usual case: the body came with the headers
             body = await request.read()
+        else:
+            async with asyncio.timeout(config.body_timeout_s):
+                body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(config) from None
     except TimeoutError:
@@ -323,24 +328,10 @@ async def status(request: web.Request) -> web.Response:
     return json_response(200, body)
 
 
-@web.middleware
-async def no_tracebacks(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """A bug must not leak a traceback to a client: log it, answer a plain 500."""
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
-    except Exception:
-        log.exception("unexpected error handling %s %s", request.method, request.path)
-        return json_response(500, {"error": "internal error; see the agent's log"})
-
-
 def make_app(state: IngestState) -> web.Application:
-    app = web.Application(
-        client_max_size=state.config.max_request_bytes, middlewares=[no_tracebacks]
-    )
+    # aiohttp answers an unexpected exception with a plain 500 and logs the traceback;
+    # it never sends the traceback to the client (debug mode is never enabled).
+    app = web.Application(client_max_size=state.config.max_request_bytes)
     app[STATE] = state
     app.router.add_post("/usage", post_usage)
     app.router.add_get("/healthz", healthz)

@@ -40,6 +40,7 @@ class Metrics:
             ["status"],
             registry=registry,
         )
+        self._requests_by_status: dict[int, Counter] = {}
         self.request_seconds = Histogram(
             "usage_agent_ingest_request_seconds",
             "Time from a POST /usage request's arrival to its answer.",
@@ -65,6 +66,12 @@ class Metrics:
 
     def committed(self, records: int) -> None:
         self.records_per_commit.observe(records)
+
+    def count_request(self, status: int) -> None:
+        child = self._requests_by_status.get(status)
+        if child is None:
+            child = self._requests_by_status[status] = self.requests.labels(str(status))
+        child.inc()
 
     def reject(self, reason: str, records: int = 1) -> None:
         self.records_rejected.labels(reason).inc(records)

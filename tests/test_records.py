@@ -71,7 +71,7 @@ def test_valid_records_pass(record: dict[str, object]):
         (with_(timestamp="2021-13-01T00:00:00Z"), "timestamp", "not a real date"),
         (with_(timestamp="2021-02-30T00:00:00Z"), "timestamp", "not a real date"),
         (with_(timestamp="2021-01-01T24:00:00Z"), "timestamp", "not a real date"),
-        (with_(timestamp="2021-01-01T00:00:00+25:00"), "timestamp", "offset out of range"),
+        (with_(timestamp="2021-01-01T00:00:00+25:00"), "timestamp", "offset must be"),
         (with_(timestamp=1611365025), "timestamp", "must be a string"),
         (with_(timestamp=...), "timestamp", "required"),
         (with_(customerId=""), "customerId", "must not be empty"),

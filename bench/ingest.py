@@ -1,0 +1,187 @@
+"""Benchmark of POST /usage on loopback, against the two ceilings that bound it, in one run.
+
+Run: .venv/bin/python bench/ingest.py [--seconds S] [--dir DIR]   (needs `wrk`: apt-get install wrk)
+
+* the agent runs as a real process (`python -m agent run`) with fsync = "always";
+* the load comes from wrk (one thread, keep-alive) in another process;
+* ceilings measured in the same run: a bare aiohttp handler that reads the body and
+  answers 204 (the Python HTTP ceiling), and N / t_sync, with t_sync the median latency of
+  a 4 KiB write + fdatasync on the spool's filesystem (the durability ceiling: N connections
+  that each wait for their answer cannot beat one group commit per t_sync);
+* printed: requests/s, p50 and p99 for 8, 64 and 256 connections, 1,000-record arrays in
+  records/s, and each rate's ratio to the lower ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from spool import t_sync  # bench/spool.py
+
+RECORD = {
+    "timestamp": "2026-11-25T16:20:49.123Z",
+    "customerId": "customer-000123",
+    "dimensionId": "api-calls",
+    "recordValue": "12.5",
+    "metadata": {"region": "eu-west-1", "service": "checkout"},
+}
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = io.open(os.getenv("BODY_FILE")):read("*a")
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %d %f %f\\n", summary.requests, summary.duration,
+    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+BARE_SERVER = """
+import sys
+from aiohttp import web
+async def usage(request):
+    await request.read()
+    return web.Response(status=204)
+app = web.Application(client_max_size=4 * 1024 * 1024)
+app.router.add_post("/usage", usage)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def wrk(
+    url: str, connections: int, seconds: float, body_file: Path, script: Path
+) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "BODY_FILE": str(body_file)},
+    ).stdout
+    line = next(line for line in out.splitlines() if line.startswith("RESULT"))
+    requests, duration_us, bad_status, socket_errors, p50, p99 = (
+        float(x) for x in line.split()[1:]
+    )
+    if bad_status or socket_errors:
+        raise RuntimeError(f"{bad_status:.0f} non-2xx answers, {socket_errors:.0f} socket errors")
+    return {"rps": requests / (duration_us / 1e6), "p50_ms": p50 / 1000, "p99_ms": p99 / 1000}
+
+
+def start_agent(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    config = directory / "agent.toml"
+    config.write_text(
+        f'[spool]\ndir = "{directory / "spool"}"\nfsync = "always"\nmin_free_bytes = 0\n'
+        f"max_bytes = {64 * 1024**3}\n"
+        f'[ingest]\nlisten = "127.0.0.1:{port}"\nunix_socket = ""\n'
+        'max_request_bytes = 4194304\n[log]\nlevel = "WARNING"\n'
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)])
+    wait_port(port)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--dir", default=None, help="where the spool goes (its filesystem is measured)"
+    )
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench/ingest.py needs wrk: apt-get install wrk")
+    root = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=args.dir))
+    try:
+        run(root, args.seconds)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(root: Path, seconds: float) -> None:
+    script = root / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    one = root / "one.json"
+    one.write_text(json.dumps(RECORD))
+    array = root / "array.json"
+    array.write_text(json.dumps([RECORD] * 1000))
+    sync = t_sync(root)
+    print(f"t_sync (4 KiB write+fdatasync on the spool's filesystem, median): {sync * 1e6:.0f} us")
+    print(f'wrk -t1, keep-alive, {seconds:.0f} s per point; agent with fsync = "always"\n')
+
+    bare_port = free_port()
+    bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)])
+    wait_port(bare_port)
+    agent_port = free_port()
+    agent = start_agent(root, agent_port)
+    try:
+        print(
+            f"{'conns':>5} {'agent req/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'bare 204/s':>10} "
+            f"{'N/t_sync':>9} {'ratio':>6} {'p99 target':>10}"
+        )
+        for n in (8, 64, 256):
+            ceiling_http = wrk(f"http://127.0.0.1:{bare_port}/usage", n, seconds, one, script)[
+                "rps"
+            ]
+            got = wrk(f"http://127.0.0.1:{agent_port}/usage", n, seconds, one, script)
+            ceiling = min(ceiling_http, n / sync)
+            target = f"{3 * sync * 1e3 + 2:.2f}" if n == 8 else "-"
+            print(
+                f"{n:>5} {got['rps']:>11.0f} {got['p50_ms']:>7.2f} {got['p99_ms']:>7.2f} "
+                f"{ceiling_http:>10.0f} {n / sync:>9.0f} {got['rps'] / ceiling:>6.2f} {target:>10}"
+            )
+        bare_arrays = wrk(f"http://127.0.0.1:{bare_port}/usage", 8, seconds, array, script)["rps"]
+        arrays = wrk(f"http://127.0.0.1:{agent_port}/usage", 8, seconds, array, script)
+        print(
+            f"\n1,000-record arrays, 8 connections: {arrays['rps'] * 1000:,.0f} records/s "
+            f"(p99 {arrays['p99_ms']:.1f} ms); bare handler reading the same bodies: "
+            f"{bare_arrays * 1000:,.0f} records/s; ratio {arrays['rps'] / bare_arrays:.2f}"
+        )
+    finally:
+        stop(agent)
+        stop(bare)
+
+
+if __name__ == "__main__":
+    main()
