@@ -10,13 +10,15 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import signal
 import sys
 
 import orjson
 
-from agent import __version__, config
+from agent import __version__, config, deadletter
 from agent.errors import AgentError
 from agent.service import Service
+from agent.testing.fake_paigo import FakePaigo
 
 DEFAULT_CONFIG = "/etc/usage-agent/agent.toml"
 EXIT_CONFIG = 2
@@ -40,7 +42,37 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    print(orjson.dumps(dataclasses.asdict(cfg), option=orjson.OPT_INDENT_2).decode())
+    shown = dataclasses.asdict(cfg)
+    shown["upstream"]["client_secret"] = "(set)" if cfg.upstream.client_secret else "(not set)"
+    print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_fake_paigo(args: argparse.Namespace) -> int:
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def serve() -> None:
+        fake = FakePaigo(args.client_id, args.client_secret, accept_arrays=args.accept_arrays)
+        url = await fake.start(args.host, args.port)
+        print(f"fake Paigo on {url}: token {fake.token_url}, usage {fake.usage_url}", flush=True)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        await stopping.wait()
+        await fake.stop()
+
+    asyncio.run(serve())
+    return 0
+
+
+def cmd_deadletter(args: argparse.Namespace) -> int:
+    path = deadletter.path_in(_load(args.config).spool.dir)
+    if args.action == "purge":
+        print(f"purged {deadletter.purge(path)} dead letters from {path}")
+        return 0
+    for letter in deadletter.read(path):
+        print(orjson.dumps(letter).decode())
     return 0
 
 
@@ -51,10 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     for name, handler, text in (
         ("run", cmd_run, "serve until SIGTERM or SIGINT"),
         ("check-config", cmd_check_config, "load and check the configuration, print it"),
+        ("deadletter", cmd_deadletter, "list or purge the records the upstream refused"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", default=None, help=f"TOML file (e.g. {DEFAULT_CONFIG})")
         sub.set_defaults(handler=handler)
+        if name == "deadletter":
+            sub.add_argument("action", choices=["list", "purge"])
+    fake = commands.add_parser("fake-paigo", help="run the local Paigo stand-in")
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=7480)
+    fake.add_argument("--client-id", default="test-client")
+    fake.add_argument("--client-secret", default="test-secret")
+    fake.add_argument("--accept-arrays", action="store_true")
+    fake.set_defaults(handler=cmd_fake_paigo)
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)

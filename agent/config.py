@@ -8,6 +8,8 @@ keys are errors too: a typo must not silently fall back to a default.
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -19,7 +21,16 @@ except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
 
 from agent.errors import ConfigError
 
-__all__ = ["Config", "ConfigError", "IngestConfig", "LogConfig", "SpoolConfig", "load"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "IngestConfig",
+    "LogConfig",
+    "RetryConfig",
+    "SpoolConfig",
+    "UpstreamConfig",
+    "load",
+]
 
 FsyncMode = Literal["always", "interval", "off"]
 FSYNC_MODES: Final = ("always", "interval", "off")
@@ -54,6 +65,38 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class UpstreamConfig:
+    enabled: bool = True
+    url: str = "https://api.prod.paigo.tech/usage"
+    token_url: str = "https://auth.paigo.tech/oauth/token"
+    audience: str = "https://qnonyh1pc7.execute-api.us-east-1.amazonaws.com"
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    client_secret_file: str = ""
+    mode: str = "single"
+    batch_max_records: int = 500
+    batch_max_bytes: int = MiB
+    linger_ms: int = 20
+    concurrency: int = 32
+    request_timeout_s: float = 10.0
+    gzip: bool = False
+    record_id_metadata_key: str = ""
+    ordered_dimensions: tuple[str, ...] = ()
+    max_retry_after_s: float = 300.0
+    park_retry_s: float = 60.0
+    token_refresh_margin_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 60.0
+    multiplier: float = 2.0
+    jitter: bool = True
+    circuit_failures: int = 5
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "INFO"
 
@@ -62,6 +105,8 @@ class LogConfig:
 class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
     log: LogConfig = field(default_factory=LogConfig)
     shutdown_grace_s: float = 10.0
     source: str = "<defaults>"
@@ -70,6 +115,8 @@ class Config:
 _SECTIONS: Final[dict[str, type[Any]]] = {
     "spool": SpoolConfig,
     "ingest": IngestConfig,
+    "upstream": UpstreamConfig,
+    "retry": RetryConfig,
     "log": LogConfig,
 }
 
@@ -77,8 +124,9 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
 _TOP_LEVEL: Final = {"shutdown_grace_s": "float"}
 
 
-def load(path: str | Path) -> Config:
-    """Read and check the TOML file at `path`."""
+def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and check the TOML file at `path`; secrets also come from `environ` (default:
+    the process environment) and the files it points to (see `resolve_secrets`)."""
     source = str(path)
     try:
         with open(path, "rb") as handle:
@@ -87,7 +135,37 @@ def load(path: str | Path) -> Config:
         raise ConfigError(source, "-", f"cannot read the file: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "-", f"not valid TOML: {exc}") from exc
-    return from_mapping(data, source)
+    return resolve_secrets(from_mapping(data, source), os.environ if environ is None else environ)
+
+
+def resolve_secrets(config: Config, environ: Mapping[str, str]) -> Config:
+    """Fill upstream.client_id / client_secret, first found wins: the TOML file, then
+    PAIGO_CLIENT_ID / PAIGO_CLIENT_SECRET, then upstream.client_secret_file, then
+    systemd's $CREDENTIALS_DIRECTORY/paigo_client_id and paigo_client_secret."""
+    up = config.upstream
+    credentials = environ.get("CREDENTIALS_DIRECTORY", "")
+    client_id = up.client_id or environ.get("PAIGO_CLIENT_ID", "")
+    if not client_id and credentials:
+        client_id = _read_secret(
+            Path(credentials) / "paigo_client_id", config, "upstream.client_id"
+        )
+    secret = up.client_secret or environ.get("PAIGO_CLIENT_SECRET", "")
+    if not secret and up.client_secret_file:
+        secret = _read_secret(Path(up.client_secret_file), config, "upstream.client_secret_file")
+    if not secret and credentials:
+        path = Path(credentials) / "paigo_client_secret"
+        secret = _read_secret(path, config, "upstream.client_secret")
+    upstream = dataclasses.replace(up, client_id=client_id, client_secret=secret)
+    return dataclasses.replace(config, upstream=upstream)
+
+
+def _read_secret(path: Path, config: Config, key: str) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise ConfigError(config.source, key, f"cannot read {path}: {exc.strerror}") from None
 
 
 def from_mapping(data: dict[str, Any], source: str = "<mapping>") -> Config:
@@ -164,6 +242,7 @@ def _check(config: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(src, key, f"must be greater than 0, not {value}")
+    _check_upstream(config)
     if config.shutdown_grace_s < 0:
         raise ConfigError(src, "shutdown_grace_s", "must not be negative")
     if spool.min_free_bytes < 0:
@@ -176,6 +255,33 @@ def _check(config: Config) -> None:
         mode = -1
     if not 0 <= mode <= 0o777:
         raise ConfigError(src, "ingest.unix_socket_mode", 'must be an octal mode like "0660"')
+
+
+def _check_upstream(config: Config) -> None:
+    src, up, retry = config.source, config.upstream, config.retry
+    if up.mode not in ("single", "array"):
+        raise ConfigError(src, "upstream.mode", 'must be "single" or "array"')
+    for key in ("url", "token_url"):
+        if not getattr(up, key).startswith(("http://", "https://")):
+            raise ConfigError(src, f"upstream.{key}", "must be an http:// or https:// URL")
+    positive = {
+        "upstream.batch_max_records": up.batch_max_records,
+        "upstream.batch_max_bytes": up.batch_max_bytes,
+        "upstream.concurrency": up.concurrency,
+        "upstream.request_timeout_s": up.request_timeout_s,
+        "upstream.max_retry_after_s": up.max_retry_after_s,
+        "upstream.park_retry_s": up.park_retry_s,
+        "retry.initial_backoff_s": retry.initial_backoff_s,
+        "retry.max_backoff_s": retry.max_backoff_s,
+        "retry.circuit_failures": retry.circuit_failures,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(src, key, f"must be greater than 0, not {value}")
+    if up.linger_ms < 0:
+        raise ConfigError(src, "upstream.linger_ms", "must not be negative")
+    if retry.multiplier < 1:
+        raise ConfigError(src, "retry.multiplier", "must be at least 1")
 
 
 def socket_mode(ingest: IngestConfig) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.spool import Spool
@@ -59,6 +59,26 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
+
+        self.upstream_requests = Counter(
+            "usage_agent_upstream_requests_total",
+            "Requests to the upstream /usage API by HTTP status (0: no answer).",
+            ["status"],
+            registry=registry,
+        )
+        self.upstream_seconds = Histogram(
+            "usage_agent_upstream_request_seconds",
+            "Latency of one request to the upstream /usage API.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def upstream_replied(self, status: int, seconds: float) -> None:
+        self.upstream_requests.labels(str(status)).inc()
+        self.upstream_seconds.observe(seconds)
+
+    def watch_sender(self, status: Callable[[], dict[str, object]]) -> None:
+        self.registry.register(_SenderCollector(status))
 
     # SpoolObserver
     def fsynced(self, seconds: float) -> None:
@@ -111,3 +131,44 @@ class _SpoolCollector(Collector):
             "Age of the oldest record not yet delivered (0 when none).",
             value=age or 0.0,
         )
+
+
+class _SenderCollector(Collector):
+    def __init__(self, status: Callable[[], dict[str, object]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterable[Metric]:
+        state = self._status()
+        counters = {
+            "usage_agent_records_delivered": ("Records delivered upstream (2xx).", "delivered"),
+            "usage_agent_records_dead_lettered": (
+                "Records the upstream refused for good, in the dead-letter file.",
+                "dead_lettered",
+            ),
+        }
+        for name, (text, key) in counters.items():
+            yield CounterMetricFamily(name, text, value=_number(state[key]))
+        gauges = {
+            "usage_agent_delivery_concurrency_limit": (
+                "Sends allowed in flight now.",
+                "concurrency_limit",
+            ),
+            "usage_agent_delivery_in_flight": ("Sends in flight.", "in_flight"),
+            "usage_agent_delivery_paused_seconds": ("Seconds left in a pause.", "paused_for_s"),
+            "usage_agent_delivery_degraded": (
+                "1 when a configuration problem stops delivery.",
+                "degraded",
+            ),
+        }
+        for name, (text, key) in gauges.items():
+            yield GaugeMetricFamily(name, text, value=_number(state[key]))
+        parked = state["parked_pairs"]
+        yield GaugeMetricFamily(
+            "usage_agent_delivery_parked_pairs",
+            "Customer/dimension pairs parked after a 404.",
+            value=len(parked) if isinstance(parked, list) else 0,
+        )
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float | bool) else 0.0

@@ -4,9 +4,11 @@ Start-up order: spool (lock, recover) -> idempotency keys -> HTTP app -> listene
 systemd READY=1. Shutdown order, in `stop`, is the reverse and is written only here:
 
 1. mark shutting down: new `POST /usage` get 503 with Retry-After, `/readyz` says so;
-2. close the listeners and let requests under way finish, up to `shutdown_grace_s`;
-3. stop the idempotency store, then the spool (commit what is pending, persist the
-   cursor, release the lock).
+2. close the listeners and let requests under way finish;
+3. stop the sender: no new sends; sends under way may finish until `shutdown_grace_s`
+   after the stop began, the rest are abandoned (unacknowledged, so sent again later);
+4. close the HTTP client, stop the idempotency store, then the spool (commit what is
+   pending, persist the cursor, release the lock).
 """
 
 from __future__ import annotations
@@ -19,17 +21,24 @@ import os
 import signal
 import socket
 import stat
+import time
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from agent import __version__, deadletter
+from agent.auth import TokenManager
 from agent.config import Config, IngestConfig, socket_mode
+from agent.deadletter import DeadLetterFile
 from agent.errors import AgentError, ConfigError
 from agent.idempotency import IdempotencyStore
 from agent.ingest import IngestState, make_app, oldest_unsent_age
 from agent.metrics import Metrics
+from agent.sender import Sender
 from agent.spool import Spool
+from agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +149,9 @@ class Service:
         self.keys = IdempotencyStore(config.spool, config.ingest)
         self.addresses: list[str] = []
         self.state: IngestState | None = None
+        self.sender: Sender | None = None
         self._stack = contextlib.AsyncExitStack()
+        self._deadline = 0.0
 
     async def start(self) -> None:
         try:
@@ -163,6 +174,8 @@ class Service:
         self.metrics.watch_spool(self.spool, lambda: oldest_unsent_age(self.spool))
         state = IngestState(self.config.ingest, self.spool, self.keys, self.metrics, token)
         self.state = state
+        if self.config.upstream.enabled:
+            await self._start_delivery(state)
         ingest = self.config.ingest
         runner = web.AppRunner(
             make_app(state),
@@ -184,8 +197,43 @@ class Service:
             self.addresses.append(f"unix:{ingest.unix_socket}")
         stack.callback(setattr, state, "shutting_down", True)
 
+    async def _start_delivery(self, state: IngestState) -> None:
+        upstream = self.config.upstream
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=upstream.concurrency + 2),
+            headers={"User-Agent": f"usage-agent/{__version__}"},
+        )
+        self._stack.push_async_callback(session.close)
+        uplink = Uplink(
+            session,
+            upstream.url,
+            upstream.request_timeout_s,
+            gzip_arrays=upstream.gzip,
+            max_retry_after_s=upstream.max_retry_after_s,
+        )
+        sender = Sender(
+            self.spool,
+            uplink,
+            TokenManager(upstream, session),
+            DeadLetterFile(deadletter.path_in(self.config.spool.dir)),
+            upstream=upstream,
+            retry=self.config.retry,
+        )
+        sender.on_reply = lambda reply, seconds: self.metrics.upstream_replied(
+            reply.status, seconds
+        )
+        await sender.start()
+        self._stack.push_async_callback(self._stop_sender, sender)
+        self.metrics.watch_sender(sender.status)
+        state.delivery_status = sender.status
+        self.sender = sender
+
+    async def _stop_sender(self, sender: Sender) -> None:
+        await sender.stop(max(0.0, self._deadline - time.monotonic()))
+
     async def stop(self) -> None:
         sd_notify("STOPPING=1")
+        self._deadline = time.monotonic() + self.config.shutdown_grace_s
         await self._stack.aclose()
         log.info("usage-agent stopped; %d records kept in %s", self.spool.backlog, self.spool.dir)
 

@@ -95,6 +95,7 @@ class Spool:
         self._pending: list[_Waiting] = []
         self._pending_bytes = 0
         self._wakeup = asyncio.Event()
+        self._data = asyncio.Event()
         self._reader = SpoolReader(self.dir, self.stats, FIRST_SEQ, FIRST_SEQ, 0)
         self._reading = asyncio.Lock()
         self._positions: dict[int, tuple[int, int]] = {}
@@ -147,6 +148,7 @@ class Spool:
     async def start(self) -> None:
         """Start the committer and the cursor and sync timers (needs a running loop)."""
         self._wakeup = asyncio.Event()
+        self._data = asyncio.Event()
         self._tasks = [asyncio.create_task(self._commit_loop(), name="spool-commit")]
         self._tasks.append(asyncio.create_task(self._cursor_loop(), name="spool-cursor"))
         if self.config.fsync == "interval":
@@ -233,6 +235,7 @@ class Spool:
             self.stats.appended_records += len(payloads)
             self.stats.commits += 1
             self.observer.committed(len(payloads))
+            self._data.set()
             seq = first
             for batch, future in group:
                 if not future.done():
@@ -339,6 +342,14 @@ class Spool:
         if result.lost:
             self.ack(result.lost)
         return result.entries
+
+    async def wait_for_data(self, timeout: float) -> None:
+        """Return when entries not yet handed out may be there, or after `timeout`."""
+        if self._reader.seq < self._durable_seq:
+            return
+        self._data.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._data.wait(), timeout)
 
     def ack(self, seqs: Iterable[int]) -> None:
         """Mark entries delivered. The cursor moves over the contiguous acknowledged prefix

@@ -50,6 +50,7 @@ def agent_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     data: dict[str, Any] = {
         "spool": {"dir": str(tmp_path / "spool"), "min_free_bytes": 0, "cursor_interval_ms": 10},
         "ingest": {"listen": "127.0.0.1:0", "unix_socket": str(tmp_path / "run" / "ingest.sock")},
+        "upstream": {"enabled": False},  # ingest tests read the spool themselves
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

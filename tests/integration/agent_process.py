@@ -49,6 +49,7 @@ class AgentProcess:
                 "listen": f"127.0.0.1:{self.port}",
                 "unix_socket": str(directory / "ingest.sock"),
             },
+            "upstream": {"enabled": False},
         }
         for name, values in sections.items():
             config.setdefault(name, {}).update(values)

@@ -1,0 +1,382 @@
+"""The delivery loop: records from the spool to the upstream, acknowledged only after a 2xx.
+
+* A reader task takes entries from the spool into lanes (`agent.lanes`), holding at most
+  `window` records that can be sent; a parked pair's records do not count against it.
+* `upstream.concurrency` workers take records lane by lane and send them through the gate
+  (`agent.gate`), one per request (`"single"`) or as arrays of unordered records
+  (`"array"`); ordered records always go one at a time.
+* Each send is retried with tenacity: exponential backoff with full jitter capped at
+  `retry.max_backoff_s`, without limit of attempts or time: an outage never drops billing
+  data. A record leaves the agent in exactly two ways: a 2xx (acknowledged in the spool),
+  or a permanent refusal of that record (400, 422, other 4xx but 401/403/404/408/425/429;
+  written durably to the dead-letter file first, then acknowledged).
+* At-least-once: a crash re-sends what was in flight and not yet acknowledged, so
+  duplicates are bounded by `upstream.concurrency` requests (times the batch size in
+  array mode) plus the acknowledgements of the last `spool.cursor_interval_ms`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import orjson
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_never,
+    wait_exponential,
+    wait_random_exponential,
+)
+
+from agent.auth import TokenError, TokenManager
+from agent.config import RetryConfig, UpstreamConfig
+from agent.deadletter import DeadLetter, DeadLetterFile
+from agent.gate import Gate
+from agent.lanes import Lane, LaneKey, Lanes
+from agent.records import Envelope, decode_envelope
+from agent.spool import Spool
+from agent.uplink import Outcome, Reply, Uplink
+
+log = logging.getLogger(__name__)
+
+WRONG_URL_PAIRS: Final = 3  # distinct pairs answered 404 in a row: the URL is wrong
+IDLE_POLL_S: Final = 0.05
+
+
+class _SendAgain(Exception):
+    """This send did not deliver; tenacity waits and tries again."""
+
+
+@dataclass(slots=True)
+class Item:
+    seq: int
+    envelope: Envelope
+    body: bytes  # the JSON sent upstream for this record
+    record_id: str
+    attempts: int = 0
+    fresh_token_tried: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SenderCounters:
+    delivered: int
+    dead_lettered: int
+    requests: int
+
+
+class Sender:
+    def __init__(
+        self,
+        spool: Spool,
+        uplink: Uplink,
+        tokens: TokenManager,
+        dead_letters: DeadLetterFile,
+        *,
+        upstream: UpstreamConfig,
+        retry: RetryConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._spool = spool
+        self._uplink = uplink
+        self._tokens = tokens
+        self._dead = dead_letters
+        self._config = upstream
+        self._retry = retry
+        self._clock = clock
+        self.gate = Gate(upstream.concurrency, retry.circuit_failures, clock=clock)
+        self._lanes: Lanes[Item] = Lanes()
+        self._ordered_dims = frozenset(upstream.ordered_dimensions)
+        self._window = max(4 * upstream.concurrency * self._batch_size, 1000)
+        self._room = asyncio.Event()
+        self._work = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._not_found_pairs: set[tuple[str, str]] = set()
+        self.delivered = 0
+        self.requests = 0
+        self.last_result: dict[str, object] = {}
+        self.on_reply: Callable[[Reply, float], None] = lambda reply, seconds: None
+
+    @property
+    def _batch_size(self) -> int:
+        return self._config.batch_max_records if self._config.mode == "array" else 1
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._read_loop(), name="sender-reader")]
+        for number in range(self._config.concurrency):
+            self._tasks.append(asyncio.create_task(self._work_loop(), name=f"sender-{number}"))
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop reading; give sends under way `grace_s` to finish; abandon the rest (they
+        stay unacknowledged in the spool and are sent again after a restart)."""
+        reader, workers = self._tasks[:1], self._tasks[1:]
+        for task in reader:
+            task.cancel()
+        deadline = self._clock() + grace_s
+        while self.gate.in_flight and self._clock() < deadline:
+            await asyncio.sleep(0.01)
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.gate.in_flight:
+            log.warning(
+                "abandoned %d sends at shutdown; they will be sent again", self.gate.in_flight
+            )
+        self._tasks = []
+
+    # --- reading from the spool -----------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        while True:
+            now = self._clock()
+            self._lanes.unpark(now)
+            room = self._window - (self._lanes.buffered - self._lanes.parked_items(now))
+            if room <= 0:
+                self._room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), 1.0)
+                continue
+            entries = await self._spool.read(min(room, 5000))
+            if not entries:
+                await self._spool.wait_for_data(IDLE_POLL_S)
+                continue
+            for entry in entries:
+                self._admit(entry.seq, entry.payload, now)
+            self._work.set()
+
+    def _admit(self, seq: int, payload: bytes, now: float) -> None:
+        envelope = decode_envelope(payload)
+        record = envelope.record()
+        customer, dimension = str(record["customerId"]), str(record["dimensionId"])
+        record_id = envelope.key or self._spool.record_id(seq)
+        body = envelope.record_json
+        if self._config.record_id_metadata_key:
+            metadata = dict(record.get("metadata") or {})  # type: ignore[call-overload]
+            metadata[self._config.record_id_metadata_key] = record_id
+            body = orjson.dumps({**record, "metadata": metadata})
+        ordered = envelope.invoice or dimension in self._ordered_dims
+        key: LaneKey = (customer, dimension, ordered)
+        self._lanes.add(key, Item(seq, envelope, body, record_id), now)
+
+    # --- sending --------------------------------------------------------------------------
+
+    async def _work_loop(self) -> None:
+        while True:
+            taken = self._take()
+            if not taken:
+                self._work.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._work.wait(), IDLE_POLL_S * 4)
+                continue
+            lane_items = taken
+            try:
+                await self._deliver(lane_items)
+            finally:
+                self._room.set()
+                self._work.set()
+
+    def _take(self) -> list[tuple[Lane[Item], Item]]:
+        now = self._clock()
+        first = self._lanes.take(now)
+        if first is None:
+            return []
+        taken = [first]
+        if self._config.mode == "array" and not first[0].ordered:
+            size = len(first[1].body)
+            while len(taken) < self._config.batch_max_records:
+                more = self._lanes.take(now, unordered_only=True)
+                if more is None:
+                    break
+                size += len(more[1].body) + 1
+                if size > self._config.batch_max_bytes:
+                    self._lanes.put_back(more[0], more[1], now)
+                    break
+                taken.append(more)
+        return taken
+
+    def _waits(self) -> AsyncRetrying:
+        retry = self._retry
+        wait = (
+            wait_random_exponential(
+                multiplier=retry.initial_backoff_s,
+                max=retry.max_backoff_s,
+                exp_base=retry.multiplier,
+            )
+            if retry.jitter
+            else wait_exponential(
+                multiplier=retry.initial_backoff_s,
+                max=retry.max_backoff_s,
+                exp_base=retry.multiplier,
+            )
+        )
+        return AsyncRetrying(
+            wait=wait, retry=retry_if_exception_type(_SendAgain), stop=stop_never, reraise=True
+        )
+
+    async def _deliver(self, batch: list[tuple[Lane[Item], Item]]) -> None:
+        """Send until every record of `batch` is delivered, dead-lettered or parked."""
+        pending = batch
+        async for attempt in self._waits():
+            with attempt:
+                pending = await self._attempt(pending)
+                if pending:
+                    raise _SendAgain
+
+    async def _attempt(self, batch: list[tuple[Lane[Item], Item]]) -> list[tuple[Lane[Item], Item]]:
+        """One send of `batch` (split when needed); the records still to send."""
+        await self.gate.acquire()
+        try:
+            try:
+                token = await self._tokens.get()
+            except TokenError as exc:
+                if exc.permanent:
+                    self.gate.config_problem(str(exc))
+                else:
+                    self.gate.failed(overload=False)
+                return batch
+            return await self._send(batch, token)
+        finally:
+            await self.gate.release()
+
+    async def _send(
+        self, batch: list[tuple[Lane[Item], Item]], token: str
+    ) -> list[tuple[Lane[Item], Item]]:
+        items = [item for _, item in batch]
+        invoice = items[0].envelope.invoice
+        is_array = self._config.mode == "array" and not batch[0][0].ordered
+        body = b"[" + b",".join(i.body for i in items) + b"]" if is_array else items[0].body
+        started = time.perf_counter()
+        reply = await self._uplink.post(body, token, invoice, array=is_array)
+        self.requests += 1
+        self.on_reply(reply, time.perf_counter() - started)
+        for item in items:
+            item.attempts += 1
+        self.last_result = {"status": reply.status, "error": reply.error, "at": time.time()}
+        outcomes = reply.per_record(len(items)) if is_array else None
+        if outcomes is None:
+            return await self._settle(batch, reply, token)
+        rest = []
+        for pair, outcome in zip(batch, outcomes, strict=True):
+            rest += await self._settle([pair], Reply(_status_of(outcome), reply.body), token)
+        return rest
+
+    async def _settle(
+        self, batch: list[tuple[Lane[Item], Item]], reply: Reply, token: str
+    ) -> list[tuple[Lane[Item], Item]]:
+        """Act on one reply for `batch`; the records still to send."""
+        outcome = reply.outcome
+        now = self._clock()
+        if outcome is Outcome.DELIVERED:
+            self.gate.succeeded()
+            self._not_found_pairs.clear()
+            self._finish(batch, now)
+            self.delivered += len(batch)
+            return []
+        if len(batch) > 1 and outcome in (Outcome.TOO_LARGE, Outcome.REJECTED, Outcome.PERMANENT):
+            half = len(batch) // 2  # find the record at fault: halves, down to one
+            first = await self._send(batch[:half], token)
+            return first + await self._send(batch[half:], token)
+        if outcome is Outcome.THROTTLED:
+            self.gate.pause(reply.retry_after or 0.0)
+            self.gate.failed(overload=True)
+        elif outcome is Outcome.TRANSIENT:
+            self.gate.failed(overload=reply.status != 0)
+        elif outcome is Outcome.UNAUTHORIZED:
+            self._tokens.invalidate(token)
+            item = batch[0][1]
+            if not item.fresh_token_tried:
+                item.fresh_token_tried = True
+                return await self._send(batch, await self._tokens.get())
+            self.gate.config_problem("the upstream answers 401 even with a fresh token")
+        elif outcome is Outcome.FORBIDDEN:
+            self.gate.config_problem("the upstream answers 403: the credentials lack permission")
+        elif outcome is Outcome.NOT_FOUND:
+            return self._not_found(batch, now)
+        else:
+            await self._dead_letter(batch, reply)
+            self._finish(batch, now)
+            return []
+        return batch
+
+    def _not_found(
+        self, batch: list[tuple[Lane[Item], Item]], now: float
+    ) -> list[tuple[Lane[Item], Item]]:
+        lane, _ = batch[0]
+        self._not_found_pairs.add(lane.key[:2])
+        if len(self._not_found_pairs) >= WRONG_URL_PAIRS:
+            self.gate.config_problem(
+                f"{len(self._not_found_pairs)} different customers get 404 and none succeeds: "
+                "check upstream.url"
+            )
+            return batch
+        for lane, item in batch:  # park this pair; the rest flows
+            self._lanes.put_back(lane, item, now, now + self._config.park_retry_s)
+        log.warning(
+            "upstream 404 for customer %r dimension %r: parked for %.0f s",
+            *lane.key[:2],
+            self._config.park_retry_s,
+        )
+        return []
+
+    def _finish(self, batch: list[tuple[Lane[Item], Item]], now: float) -> None:
+        self._spool.ack(item.seq for _, item in batch)
+        for lane, _ in batch:
+            self._lanes.done(lane, now)
+
+    async def _dead_letter(self, batch: list[tuple[Lane[Item], Item]], reply: Reply) -> None:
+        letters = [
+            DeadLetter(
+                item.record_id,
+                item.envelope.record(),
+                item.envelope.invoice,
+                reply.status,
+                reply.body.decode(errors="replace"),
+                item.attempts,
+            )
+            for _, item in batch
+        ]
+        await self._dead.append(letters)
+        log.error(
+            "upstream refused %d record(s) with %d: dead-lettered", len(letters), reply.status
+        )
+
+    # --- state ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        now = self._clock()
+        gate = self.gate
+        return {
+            "degraded": bool(gate.degraded),
+            "reason": gate.degraded,
+            "paused_for_s": round(max(0.0, gate.paused_until - now), 3),
+            "circuit_open": gate.circuit_open,
+            "concurrency_limit": round(gate.limit, 2),
+            "in_flight": gate.in_flight,
+            "buffered_records": self._lanes.buffered,
+            "parked_pairs": [
+                {"customerId": c, "dimensionId": d} for c, d, _ in self._lanes.parked(now)
+            ],
+            "delivered": self.delivered,
+            "dead_lettered": self._dead.count,
+            "last_result": self.last_result,
+        }
+
+
+def _status_of(outcome: Outcome) -> int:
+    """A representative HTTP status for a per-record outcome of an array answer."""
+    return {
+        Outcome.DELIVERED: 200,
+        Outcome.REJECTED: 400,
+        Outcome.UNAUTHORIZED: 401,
+        Outcome.FORBIDDEN: 403,
+        Outcome.NOT_FOUND: 404,
+        Outcome.TOO_LARGE: 413,
+        Outcome.PERMANENT: 400,
+    }.get(outcome, 500)

@@ -1,0 +1,135 @@
+"""One call to the upstream `/usage` API, and what its answer means.
+
+Paigo's `POST /usage` takes one record per request (JSON body, bearer token, optional
+`invoice=true`). `"array"` mode posts a JSON array instead, for compatible endpoints; such
+an endpoint may answer a 2xx with `{"results": [{"status": N}, ...]}`, one entry per record
+in order, and then each record gets its own outcome.
+
+`classify` and `parse_retry_after` are pure; `Uplink` is the thin aiohttp shell.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import gzip
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import aiohttp
+import orjson
+
+
+class Outcome(enum.Enum):
+    DELIVERED = "delivered"
+    TRANSIENT = "transient"  # retry with backoff: network, timeout, 408, 425, 429, 5xx
+    THROTTLED = "throttled"  # 429 or 503 with Retry-After: the whole sender pauses
+    REJECTED = "rejected"  # 400, 422 (and 413 for one record): this record is refused
+    UNAUTHORIZED = "unauthorized"  # 401: refresh the token once, then a config problem
+    FORBIDDEN = "forbidden"  # 403: a configuration problem, never the record's fault
+    NOT_FOUND = "not_found"  # 404: an unknown customer or dimension, or a wrong URL
+    TOO_LARGE = "too_large"  # 413: split the batch
+    PERMANENT = "permanent"  # other 4xx, 501: not retryable as is; the record is refused
+
+
+_TRANSIENT_STATUSES: Final = frozenset({408, 425, 429})
+
+
+def classify(status: int, retry_after: float | None = None) -> Outcome:
+    """What an HTTP status from the upstream means for the records it answers."""
+    if 200 <= status < 300:
+        return Outcome.DELIVERED
+    if status in (429, 503) and retry_after is not None:
+        return Outcome.THROTTLED
+    if status in _TRANSIENT_STATUSES or (status >= 500 and status != 501):
+        return Outcome.TRANSIENT
+    return {
+        400: Outcome.REJECTED,
+        422: Outcome.REJECTED,
+        401: Outcome.UNAUTHORIZED,
+        403: Outcome.FORBIDDEN,
+        404: Outcome.NOT_FOUND,
+        413: Outcome.TOO_LARGE,
+    }.get(status, Outcome.PERMANENT)
+
+
+def parse_retry_after(value: str | None, now: float, clamp_s: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP-date), clamped
+    to [0, clamp_s]; None if absent or unreadable. `now` is Unix time."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - now
+    return min(max(seconds, 0.0), clamp_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the upstream said (status 0: no answer: connection error or timeout)."""
+
+    status: int
+    body: bytes = b""
+    retry_after: float | None = None
+    error: str = ""
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome.TRANSIENT if self.status == 0 else classify(self.status, self.retry_after)
+
+    def per_record(self, count: int) -> list[Outcome] | None:
+        """Per-record outcomes of a 2xx array answer that lists them, else None."""
+        if not 200 <= self.status < 300 or not self.body:
+            return None
+        try:
+            results = orjson.loads(self.body).get("results")
+            statuses = [int(item["status"]) for item in results]
+        except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError):
+            return None
+        return [classify(s) for s in statuses] if len(statuses) == count else None
+
+
+class Uplink:
+    """Posts records to `url` over one pooled session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        timeout_s: float,
+        *,
+        gzip_arrays: bool = False,
+        max_retry_after_s: float = 300.0,
+    ) -> None:
+        self._session = session
+        self._url = url
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._gzip = gzip_arrays
+        self._max_retry_after = max_retry_after_s
+
+    async def post(self, body: bytes, token: str, invoice: bool, *, array: bool = False) -> Reply:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        if array and self._gzip:
+            body = gzip.compress(body, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        params = {"invoice": "true"} if invoice else None
+        try:
+            async with self._session.post(
+                self._url, data=body, headers=headers, params=params, timeout=self._timeout
+            ) as resp:
+                data = await resp.read()
+                wait = parse_retry_after(
+                    resp.headers.get("Retry-After"), time.time(), self._max_retry_after
+                )
+                return Reply(resp.status, data, wait)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return Reply(0, error=f"{type(exc).__name__}: {exc}"[:300])
