@@ -250,7 +250,7 @@ class Sender:
     ) -> list[tuple[Lane[Item], Item]]:
         items = [item for _, item in batch]
         invoice = items[0].envelope.invoice
-        is_array = self._config.mode == "array" and not batch[0][0].ordered
+        is_array = self._config.mode == "array" and len(items) > 1  # one goes as Paigo's own
         body = b"[" + b",".join(i.body for i in items) + b"]" if is_array else items[0].body
         started = time.perf_counter()
         reply = await self._uplink.post(body, token, invoice, array=is_array)

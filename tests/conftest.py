@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from agent.config import Config, SpoolConfig, from_mapping
 from agent.records import decode_envelope
 from agent.service import Service
 from agent.spool import Spool
+from agent.testing.fake_paigo import FakePaigo
 
 SpoolFactory = Callable[..., Spool]
 
@@ -125,3 +127,37 @@ def record(n: int = 0, **changes: Any) -> dict[str, Any]:
     }
     body.update(changes)
     return body
+
+
+# --- delivery: the Paigo stand-in and an agent that delivers to it ------------------------
+
+
+@pytest.fixture
+async def paigo() -> AsyncIterator[FakePaigo]:
+    fake = FakePaigo()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+def delivering(paigo: FakePaigo, **upstream: Any) -> dict[str, Any]:
+    """Config sections for an agent that delivers to `paigo`, with fast retries."""
+    return {
+        "upstream": {
+            "enabled": True,
+            "url": paigo.usage_url,
+            "token_url": paigo.token_url,
+            "client_id": paigo.client_id,
+            "client_secret": paigo.client_secret,
+            **upstream,
+        },
+        "retry": {"initial_backoff_s": 0.02, "max_backoff_s": 0.2},
+    }
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 20, what: str = "") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,200 @@
+"""Delivery end to end: a running agent, real sockets, and the Paigo stand-in upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from agent import deadletter
+from agent.testing.fake_paigo import FakePaigo
+from tests.conftest import AgentFactory, agent_config, delivering, eventually, record
+
+
+def values(records: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(orjson.dumps(r).decode() for r in records)
+
+
+async def post_all(agent: Any, batch: list[dict[str, Any]], size: int = 500, **kw: Any) -> None:
+    for start in range(0, len(batch), size):
+        status, _, body = await agent.post(batch[start : start + size], **kw)
+        assert status == 202, body
+
+
+async def test_records_are_delivered_once_each(start_agent: AgentFactory, paigo: FakePaigo):
+    agent = await start_agent(**delivering(paigo))
+    batch = [record(n) for n in range(300)]
+    await post_all(agent, batch)
+    await eventually(lambda: len(paigo.records) >= 300, what="delivery")
+    await asyncio.sleep(0.1)
+    assert values(paigo.records) == values(batch)
+    await eventually(lambda: agent.service.spool.backlog == 0, what="acks")
+
+
+async def test_an_outage_loses_nothing(start_agent: AgentFactory, paigo: FakePaigo):
+    """503 while 10,000 records come in, then the upstream is gone entirely, then back."""
+    paigo.fail_next(10**9, 503)
+    agent = await start_agent(**delivering(paigo))
+    batch = [record(n) for n in range(10_000)]
+    await post_all(agent, batch[:5000])
+    await asyncio.sleep(0.3)
+    port = int(paigo.url.rsplit(":", 1)[1])
+    await paigo.stop()
+    await post_all(agent, batch[5000:])
+    await asyncio.sleep(0.5)
+    assert paigo.records == []
+    assert agent.service.spool.backlog == 10_000
+    paigo.fail_next(0)
+    await paigo.start(port=port)
+    await eventually(lambda: len(paigo.records) >= 10_000, timeout=60, what="drain after outage")
+    await asyncio.sleep(0.2)
+    assert values(paigo.records) == values(batch)  # every record, none twice
+    assert agent.service.sender is not None
+    assert agent.service.sender.status()["dead_lettered"] == 0
+
+
+async def test_retry_after_pauses_every_sender_and_there_is_no_storm(
+    start_agent: AgentFactory, paigo: FakePaigo
+):
+    paigo.fail_next(1, 429, retry_after="2")
+    agent = await start_agent(**delivering(paigo, concurrency=16))
+    batch = [record(n) for n in range(200)]
+    started = time.time()
+    await post_all(agent, batch)
+    await eventually(lambda: len(paigo.records) >= 200, timeout=30, what="delivery")
+    first_429 = min(paigo.usage_requests)
+    assert paigo.statuses[429] == 1
+    between = [
+        n for second, n in paigo.usage_requests.items() if first_429 < second < first_429 + 2
+    ]
+    assert sum(between) == 0, paigo.usage_requests  # nobody sent during the pause
+    assert time.time() - started >= 2.0
+
+
+async def test_ordered_records_arrive_in_order_while_others_flow(
+    start_agent: AgentFactory, paigo: FakePaigo
+):
+    agent = await start_agent(**delivering(paigo, ordered_dimensions=["seats"]))
+    ordered = [record(n, customerId="acme", dimensionId="seats") for n in range(1000)]
+    others = [record(n, customerId=f"other-{n % 5}") for n in range(1000)]
+    mixed = [r for pair in zip(ordered, others, strict=True) for r in pair]
+    await post_all(agent, mixed)
+    await eventually(lambda: len(paigo.records) >= 2000, timeout=60, what="delivery")
+    got = [r["recordValue"] for r in paigo.records if r["dimensionId"] == "seats"]
+    assert got == [str(n) for n in range(1000)]
+    positions = [i for i, r in enumerate(paigo.records) if r["dimensionId"] != "seats"]
+    assert positions[len(positions) // 2] < 1500  # the others were not held behind
+
+
+async def test_invoice_records_are_ordered_per_pair_and_carry_the_flag(
+    start_agent: AgentFactory, paigo: FakePaigo
+):
+    agent = await start_agent(**delivering(paigo))
+    batch = [record(n, customerId="acme", dimensionId="storage") for n in range(200)]
+    await post_all(agent, batch, size=20, params={"invoice": "true"})
+    await eventually(lambda: len(paigo.records) >= 200, what="delivery")
+    assert [r.record["recordValue"] for r in paigo.received] == [str(n) for n in range(200)]
+    assert all(r.invoice for r in paigo.received)
+
+
+async def test_an_expired_token_is_refreshed_once_and_nothing_is_lost(
+    start_agent: AgentFactory, paigo: FakePaigo
+):
+    agent = await start_agent(**delivering(paigo, concurrency=8))
+    await post_all(agent, [record(n) for n in range(100)])
+    await eventually(lambda: len(paigo.records) >= 100, what="first delivery")
+    assert paigo.token_requests == 1
+    paigo.expire_tokens()
+    await post_all(agent, [record(n) for n in range(100, 300)])
+    await eventually(lambda: len(paigo.records) >= 300, what="delivery after expiry")
+    assert paigo.token_requests == 2
+    assert values(paigo.records) == values([record(n) for n in range(300)])
+    assert not deadletter.path_in(agent.service.spool.dir).exists()
+
+
+async def test_a_poison_customer_is_dead_lettered_and_the_rest_delivered(
+    start_agent: AgentFactory, paigo: FakePaigo
+):
+    paigo.faults.reject_customers = {"customer-3"}
+    agent = await start_agent(**delivering(paigo))
+    batch = [record(n) for n in range(210)]
+    await post_all(agent, batch)
+    poison = [r for r in batch if r["customerId"] == "customer-3"]
+    good = [r for r in batch if r["customerId"] != "customer-3"]
+    await eventually(lambda: len(paigo.records) >= len(good), what="delivery")
+    path = deadletter.path_in(agent.service.spool.dir)
+    await eventually(lambda: len(list(deadletter.read(path))) == len(poison), what="dead letters")
+    letters = list(deadletter.read(path))
+    assert values([letter["record"] for letter in letters]) == values(poison)  # type: ignore[misc]
+    assert {letter["status"] for letter in letters} == {400}
+    assert values(paigo.records) == values(good)
+    await eventually(lambda: agent.service.spool.backlog == 0, what="all acknowledged")
+
+
+async def test_bad_credentials_dead_letter_nothing_and_readyz_says_why(
+    start_agent: AgentFactory, paigo: FakePaigo, tmp_path: Path
+):
+    sections = delivering(paigo)
+    sections["upstream"]["client_secret"] = "wrong"
+    agent = await start_agent(**sections)
+    await post_all(agent, [record(n) for n in range(50)])
+    await asyncio.sleep(0.5)
+    status, body = await agent.get("/readyz")
+    assert status == 503
+    assert "credentials" in " ".join(body["reasons"])
+    _, state = await agent.get("/status")
+    assert state["delivery"]["degraded"] is True
+    assert "wrong" not in orjson.dumps(state).decode()  # never the secret
+    assert paigo.records == []
+    assert not deadletter.path_in(agent.service.spool.dir).exists()
+    await agent.close()
+
+    fixed = agent_config(tmp_path, **delivering(paigo))
+    again = await start_agent(fixed)
+    await eventually(lambda: len(paigo.records) >= 50, what="delivery after the fix")
+    assert (await again.get("/readyz"))[0] == 200
+
+
+async def test_a_404_parks_only_its_pair(start_agent: AgentFactory, paigo: FakePaigo):
+    paigo.faults.unknown_customers = {"customer-2"}
+    agent = await start_agent(**delivering(paigo, park_retry_s=0.5))
+    batch = [record(n) for n in range(70)]
+    await post_all(agent, batch)
+    good = [r for r in batch if r["customerId"] != "customer-2"]
+    await eventually(lambda: len(paigo.records) >= len(good), what="the others")
+    _, state = await agent.get("/status")
+    assert {"customerId": "customer-2", "dimensionId": "api-calls"} in state["delivery"][
+        "parked_pairs"
+    ]
+    paigo.faults.unknown_customers = set()
+    await eventually(lambda: len(paigo.records) >= len(batch), what="the parked pair")
+    assert values(paigo.records) == values(batch)
+
+
+@pytest.mark.parametrize("accept_arrays", [True, False])
+async def test_array_mode_delivers_in_batches_and_isolates_a_poison_record(
+    start_agent: AgentFactory, accept_arrays: bool
+):
+    fake = FakePaigo(accept_arrays=accept_arrays)
+    await fake.start()
+    try:
+        fake.faults.reject_customers = {"customer-1"}
+        agent = await start_agent(**delivering(fake, mode="array", batch_max_records=50))
+        batch = [record(n) for n in range(700)]
+        await post_all(agent, batch)
+        good = [r for r in batch if r["customerId"] != "customer-1"]
+        await eventually(lambda: len(fake.records) >= len(good), what="delivery")
+        path = deadletter.path_in(agent.service.spool.dir)
+        await eventually(lambda: len(list(deadletter.read(path))) == 100, what="dead letters")
+        assert values(fake.records) == values(good)
+        if accept_arrays:  # per-record results: arrays, not one request each
+            assert sum(fake.usage_requests.values()) < 100
+        else:  # a refused array is halved down to the records at fault
+            assert fake.statuses[400] > 100
+    finally:
+        await fake.stop()
