@@ -175,31 +175,44 @@ class Sender:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._work.wait(), IDLE_POLL_S * 4)
                 continue
-            lane_items = taken
             try:
-                await self._deliver(lane_items)
+                await self._deliver(await self._linger(taken))
             finally:
                 self._room.set()
                 self._work.set()
 
     def _take(self) -> list[tuple[Lane[Item], Item]]:
-        now = self._clock()
-        first = self._lanes.take(now)
+        first = self._lanes.take(self._clock())
         if first is None:
             return []
-        taken = [first]
-        if self._config.mode == "array" and not first[0].ordered:
-            size = len(first[1].body)
-            while len(taken) < self._config.batch_max_records:
-                more = self._lanes.take(now, unordered_only=True)
-                if more is None:
-                    break
-                size += len(more[1].body) + 1
-                if size > self._config.batch_max_bytes:
-                    self._lanes.put_back(more[0], more[1], now)
-                    break
-                taken.append(more)
+        return self._fill_batch([first])
+
+    def _fill_batch(self, taken: list[tuple[Lane[Item], Item]]) -> list[tuple[Lane[Item], Item]]:
+        """In array mode, add unordered records up to the batch limits."""
+        if self._config.mode != "array" or taken[0][0].ordered:
+            return taken
+        now = self._clock()
+        size = sum(len(item.body) + 1 for _, item in taken)
+        while len(taken) < self._config.batch_max_records:
+            more = self._lanes.take(now, unordered_only=True)
+            if more is None:
+                break
+            size += len(more[1].body) + 1
+            if size > self._config.batch_max_bytes:
+                self._lanes.put_back(more[0], more[1], now)
+                break
+            taken.append(more)
         return taken
+
+    async def _linger(self, taken: list[tuple[Lane[Item], Item]]) -> list[tuple[Lane[Item], Item]]:
+        """A batch that is not full waits `upstream.linger_ms` once for more records."""
+        config = self._config
+        if config.mode != "array" or len(taken) >= config.batch_max_records or not config.linger_ms:
+            return taken
+        if taken[0][0].ordered:
+            return taken
+        await asyncio.sleep(config.linger_ms / 1000)
+        return self._fill_batch(taken)
 
     def _waits(self) -> AsyncRetrying:
         retry = self._retry

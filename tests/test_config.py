@@ -12,7 +12,7 @@ ROOT = Path(__file__).parent.parent
 
 
 def test_the_shipped_example_is_exactly_the_defaults():
-    loaded = load(ROOT / "config" / "agent.toml")
+    loaded = load(ROOT / "config" / "agent.toml", environ={})
     assert loaded == Config(source=str(ROOT / "config" / "agent.toml"))
 
 
@@ -56,3 +56,35 @@ def test_floats_take_integers_and_top_level_keys_are_read():
     config = from_mapping({"shutdown_grace_s": 3, "ingest": {"body_timeout_s": 2}})
     assert config.shutdown_grace_s == 3.0
     assert config.ingest.body_timeout_s == 2.0
+
+
+def test_secrets_come_from_the_environment_a_file_or_systemd_credentials(tmp_path: Path):
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text('[upstream]\nclient_id = "from-file"\n')
+    loaded = load(config_file, {"PAIGO_CLIENT_SECRET": "env-secret", "PAIGO_CLIENT_ID": "env-id"})
+    assert loaded.upstream.client_id == "from-file"  # the TOML file wins
+    assert loaded.upstream.client_secret == "env-secret"
+    assert "env-secret" not in repr(loaded)  # never in a log line that prints the config
+
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("file-secret\n")
+    config_file.write_text(f'[upstream]\nclient_secret_file = "{secret_file}"\n')
+    assert load(config_file, {}).upstream.client_secret == "file-secret"
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "paigo_client_id").write_text("sd-id")
+    (creds / "paigo_client_secret").write_text("sd-secret")
+    config_file.write_text("")
+    loaded = load(config_file, {"CREDENTIALS_DIRECTORY": str(creds)})
+    assert (loaded.upstream.client_id, loaded.upstream.client_secret) == ("sd-id", "sd-secret")
+
+
+def test_check_config_never_prints_the_secret(tmp_path: Path, capsys):
+    from agent.cli import main
+
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text('[upstream]\nclient_secret = "hunter2"\n')
+    assert main(["check-config", "--config", str(config_file)]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "(set)" in out

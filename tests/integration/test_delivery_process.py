@@ -1,4 +1,4 @@
-"""Delivery with the agent as a real process: kill -9 while sending, SIGTERM with a slow upstream."""
+"""Delivery with the agent as a real process: kill -9 mid-send, SIGTERM with a slow upstream."""
 
 from __future__ import annotations
 

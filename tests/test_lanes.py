@@ -1,0 +1,58 @@
+"""Which record goes next: ordered lanes one at a time, round-robin, parking."""
+
+from __future__ import annotations
+
+from agent.lanes import Lanes
+
+
+def test_an_ordered_lane_has_one_in_flight_and_keeps_order():
+    lanes: Lanes[int] = Lanes()
+    for n in range(3):
+        lanes.add(("acme", "seats", True), n, now=0)
+    lane, first = lanes.take(0) or (None, None)
+    assert first == 0
+    assert lanes.take(0) is None  # the next waits for the first
+    assert lane is not None
+    lanes.done(lane, 0)
+    assert lanes.take(0) is not None and lanes.buffered == 2
+
+
+def test_a_retried_record_goes_back_to_the_front():
+    lanes: Lanes[int] = Lanes()
+    for n in range(3):
+        lanes.add(("acme", "seats", True), n, now=0)
+    lane, first = lanes.take(0)  # type: ignore[misc]
+    lanes.put_back(lane, first, 0)
+    assert lanes.take(0)[1] == 0  # type: ignore[index]
+
+
+def test_lanes_are_served_in_turn_so_a_busy_pair_does_not_hold_the_rest():
+    lanes: Lanes[str] = Lanes()
+    for n in range(100):
+        lanes.add(("busy", "d", False), f"busy-{n}", now=0)
+    lanes.add(("quiet", "d", False), "quiet-0", now=0)
+    taken = [lanes.take(0)[1] for _ in range(3)]  # type: ignore[index]
+    assert "quiet-0" in taken
+
+
+def test_a_parked_lane_waits_while_others_flow_and_comes_back():
+    lanes: Lanes[str] = Lanes()
+    lanes.add(("unknown", "d", False), "u", now=0)
+    lanes.add(("known", "d", False), "k", now=0)
+    lane, item = lanes.take(0)  # type: ignore[misc]
+    lanes.put_back(lane, item, 0, park_until=60)
+    assert lanes.parked(1) == [lane.key]
+    other = lanes.take(1)
+    assert other is not None and other[1] != item
+    assert lanes.take(1) is None
+    lanes.unpark(61)
+    assert lanes.take(61)[1] == item  # type: ignore[index]
+
+
+def test_unordered_only_skips_ordered_lanes():
+    lanes: Lanes[str] = Lanes()
+    lanes.add(("a", "d", True), "ordered", now=0)
+    lanes.add(("b", "d", False), "free", now=0)
+    assert lanes.take(0, unordered_only=True)[1] == "free"  # type: ignore[index]
+    assert lanes.take(0, unordered_only=True) is None
+    assert lanes.take(0)[1] == "ordered"  # type: ignore[index]
