@@ -42,6 +42,7 @@ class Gate:
         self.degraded = ""
         self._clock = clock
         self._changed = asyncio.Condition()
+        self._waiting = 0
         self._logged_at = -LOG_EVERY_S
 
     @property
@@ -56,6 +57,16 @@ class Gate:
 
     async def acquire(self) -> None:
         """Wait until a send may start: not paused, and under the current capacity."""
+        if self.in_flight < self.capacity and self.paused_until <= self._clock():
+            self.in_flight += 1  # the usual case, decided without a suspension point
+            return
+        self._waiting += 1
+        try:
+            await self._wait_turn()
+        finally:
+            self._waiting -= 1
+
+    async def _wait_turn(self) -> None:
         async with self._changed:
             while True:
                 wait = self.paused_until - self._clock()
@@ -69,9 +80,10 @@ class Gate:
                 await self._changed.wait()
 
     async def release(self) -> None:
-        async with self._changed:
-            self.in_flight -= 1
-            self._changed.notify_all()
+        self.in_flight -= 1
+        if self._waiting:
+            async with self._changed:
+                self._changed.notify_all()
 
     def succeeded(self) -> None:
         if self.degraded:

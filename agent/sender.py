@@ -58,7 +58,6 @@ class Item:
     seq: int
     envelope: Envelope
     body: bytes  # the JSON sent upstream for this record
-    record_id: str
     attempts: int = 0
     fresh_token_tried: bool = False
 
@@ -155,15 +154,18 @@ class Sender:
         envelope = decode_envelope(payload)
         record = envelope.record()
         customer, dimension = str(record["customerId"]), str(record["dimensionId"])
-        record_id = envelope.key or self._spool.record_id(seq)
         body = envelope.record_json
         if self._config.record_id_metadata_key:
             metadata = dict(record.get("metadata") or {})  # type: ignore[call-overload]
-            metadata[self._config.record_id_metadata_key] = record_id
+            metadata[self._config.record_id_metadata_key] = self._record_id(seq, envelope)
             body = orjson.dumps({**record, "metadata": metadata})
         ordered = envelope.invoice or dimension in self._ordered_dims
         key: LaneKey = (customer, dimension, ordered)
-        self._lanes.add(key, Item(seq, envelope, body, record_id), now)
+        self._lanes.add(key, Item(seq, envelope, body), now)
+
+    def _record_id(self, seq: int, envelope: Envelope) -> str:
+        """The record's stable id: the app's idempotency key for it, else the agent's id."""
+        return envelope.key or self._spool.record_id(seq)
 
     # --- sending --------------------------------------------------------------------------
 
@@ -235,7 +237,9 @@ class Sender:
 
     async def _deliver(self, batch: list[tuple[Lane[Item], Item]]) -> None:
         """Send until every record of `batch` is delivered, dead-lettered or parked."""
-        pending = batch
+        pending = await self._attempt(batch)  # the usual case: no retry machinery needed
+        if not pending:
+            return
         async for attempt in self._waits():
             with attempt:
                 pending = await self._attempt(pending)
@@ -275,9 +279,14 @@ class Sender:
         outcomes = reply.per_record(len(items)) if is_array else None
         if outcomes is None:
             return await self._settle(batch, reply, token)
-        rest = []
+        delivered = [
+            pair for pair, o in zip(batch, outcomes, strict=True) if o is Outcome.DELIVERED
+        ]
+        rest = await self._settle(delivered, reply, token) if delivered else []
         for pair, outcome in zip(batch, outcomes, strict=True):
-            rest += await self._settle([pair], Reply(_status_of(outcome), reply.body), token)
+            if outcome is not Outcome.DELIVERED:
+                status = _STATUS_OF.get(outcome, 500)
+                rest += await self._settle([pair], Reply(status, reply.body), token)
         return rest
 
     async def _settle(
@@ -346,7 +355,7 @@ class Sender:
     async def _dead_letter(self, batch: list[tuple[Lane[Item], Item]], reply: Reply) -> None:
         letters = [
             DeadLetter(
-                item.record_id,
+                self._record_id(item.seq, item.envelope),
                 item.envelope.record(),
                 item.envelope.invoice,
                 reply.status,
@@ -382,14 +391,12 @@ class Sender:
         }
 
 
-def _status_of(outcome: Outcome) -> int:
-    """A representative HTTP status for a per-record outcome of an array answer."""
-    return {
-        Outcome.DELIVERED: 200,
-        Outcome.REJECTED: 400,
-        Outcome.UNAUTHORIZED: 401,
-        Outcome.FORBIDDEN: 403,
-        Outcome.NOT_FOUND: 404,
-        Outcome.TOO_LARGE: 413,
-        Outcome.PERMANENT: 400,
-    }.get(outcome, 500)
+_STATUS_OF: Final = {  # a representative HTTP status for a per-record outcome in an array
+    Outcome.DELIVERED: 200,
+    Outcome.REJECTED: 400,
+    Outcome.UNAUTHORIZED: 401,
+    Outcome.FORBIDDEN: 403,
+    Outcome.NOT_FOUND: 404,
+    Outcome.TOO_LARGE: 413,
+    Outcome.PERMANENT: 400,
+}

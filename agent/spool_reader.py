@@ -100,22 +100,24 @@ class SpoolReader:
                     break
                 self._give_up_segment(view.firsts[index + 1], lost)
                 continue
+            end = self._buf_base + frame.end
             if frame.seq < self.seq:  # before the cursor: consumed already
-                self.offset = frame.end
+                self.offset = end
                 continue
             lost.extend(range(self.seq, frame.seq))
             positions[frame.seq] = (self.segment, self.offset)
             entries.append(Entry(frame.seq, frame.payload))
             taken += len(frame.payload)
             self.seq = frame.seq + 1
-            self.offset = frame.end
+            self.offset = end
         self.stats.lost_records += len(lost)
         return ReadResult(entries, lost, positions)
 
     def _next_frame(self, limit: int | None) -> fmt.Frame | None:
-        """The valid frame at or after self.offset, quarantining damage on the way; None
-        at the end of what may be read (damage with nothing valid after it stays: in a
-        sealed segment the caller gives the rest up)."""
+        """The valid frame at or after self.offset (self.offset then points at it; the
+        frame's own offsets are within self._buf), quarantining damage on the way. None at
+        the end of what may be read (damage with nothing valid after it stays: in a sealed
+        segment the caller gives the rest up)."""
         while True:
             rel = self.offset - self._buf_base
             try:
@@ -125,7 +127,7 @@ class SpoolReader:
             else:
                 damaged = False
             if frame is not None:
-                return fmt.Frame(frame.seq, frame.payload, self.offset, self._buf_base + frame.end)
+                return frame  # its offsets are within self._buf, based at self._buf_base
             if not damaged and self._fill(limit, READ_CHUNK):
                 continue
             if len(self._buf) == rel:

@@ -107,6 +107,7 @@ class FakePaigo:
         app.router.add_post("/_fake/faults", self._set_faults)
         app.router.add_get("/_fake/records", self._records)
         app.router.add_get("/_fake/stats", self._stats)
+        app.router.add_post("/_fake/reset", self._reset)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -223,6 +224,12 @@ class FakePaigo:
     async def _records(self, request: web.Request) -> web.Response:
         return _json(200, [{"record": r.record, "invoice": r.invoice} for r in self.received])
 
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.received.clear()
+        self.usage_requests.clear()
+        self.statuses.clear()
+        return _json(200, {"ok": True})
+
     async def _stats(self, request: web.Request) -> web.Response:
         return _json(
             200,
@@ -230,6 +237,7 @@ class FakePaigo:
                 "per_second": {str(k): v for k, v in sorted(self.usage_requests.items())},
                 "statuses": {str(k): v for k, v in self.statuses.items()},
                 "token_requests": self.token_requests,
+                "records": len(self.received),
             },
         )
 
