@@ -7,7 +7,9 @@ The byte layout is in `agent.spool_format`. This module is the behaviour:
   `fdatasync` (group commit). With `fsync = "always"` the awaitable completes only after
   the fdatasync that covers it; with `"interval"` after the write, and a timer syncs every
   `fsync_interval_ms` (a power loss can lose what was acknowledged in that window, a process
-  crash cannot); with `"off"` the operating system decides (tests and benchmarks).
+  crash cannot); with `"off"` the operating system decides (tests and benchmarks). The
+  write and sync run on the event loop while syncs are fast (a thread hop would cost more
+  than the sync), in a thread of their own once they are slow.
 * **Limits**: an append that would take the segments past `max_bytes`, or the
   filesystem's free space under `min_free_bytes`, raises `SpoolFull` and stores nothing.
   ENOSPC from the filesystem does the same: the segment is cut back to where it was.
@@ -32,6 +34,7 @@ import errno
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +52,10 @@ log = logging.getLogger(__name__)
 
 FIRST_SEQ: Final = 1
 FREE_SPACE_TTL_S: Final = 0.1
+# Commits run on the event loop while an fdatasync takes less than this on average (a
+# thread hop costs ~100 us here, more than most syncs); above it, in the write thread.
+INLINE_SYNC_BUDGET_S: Final = 0.001
+GATHER_ROUNDS: Final = 4  # event-loop turns a commit waits for appends to join it
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _Waiting = tuple[list[bytes], "asyncio.Future[range]"]  # an append's payloads and its answer
 
@@ -109,6 +116,8 @@ class Spool:
         self._broken = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._write_io = ThreadPoolExecutor(1, thread_name_prefix="spool-write")
+        self._fd_lock = threading.RLock()  # the active segment's fd: loop and write thread
+        self._sync_ewma_s = 0.0
         self._read_io = ThreadPoolExecutor(1, thread_name_prefix="spool-read")
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -169,12 +178,12 @@ class Spool:
         self.close_sync()
 
     def close_sync(self) -> None:
+        self._write_io.shutdown(wait=True)
+        self._read_io.shutdown(wait=True)
         for fd in (self._active_fd, self._lock_fd):
             if fd >= 0:
                 os.close(fd)
         self._active_fd = self._lock_fd = -1
-        self._write_io.shutdown(wait=True)
-        self._read_io.shutdown(wait=True)
 
     # --- appending ------------------------------------------------------------------------
 
@@ -215,6 +224,7 @@ class Spool:
         loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
+            await self._gather_group()
             self._wakeup.clear()
             if not self._pending:
                 if self._closing:
@@ -225,7 +235,12 @@ class Spool:
             payloads = [p for batch, _ in group for p in batch]
             first = self._next_seq
             try:
-                offset = await loop.run_in_executor(self._write_io, self._write, first, payloads)
+                if self._sync_ewma_s <= INLINE_SYNC_BUDGET_S:  # cheaper than a thread hop
+                    offset = self._write(first, payloads)
+                else:  # a slow disk must not stall the event loop
+                    offset = await loop.run_in_executor(
+                        self._write_io, self._write, first, payloads
+                    )
             except OSError as exc:
                 self._fail_group(group, exc)
                 continue
@@ -241,6 +256,15 @@ class Spool:
                 if not future.done():
                     future.set_result(range(seq, seq + len(batch)))
                 seq += len(batch)
+
+    async def _gather_group(self) -> None:
+        """Let the event loop run while that brings more appends: requests whose bytes
+        have already arrived then join this commit instead of waiting for the next one."""
+        for _ in range(GATHER_ROUNDS):
+            waiting = len(self._pending)
+            await asyncio.sleep(0)
+            if len(self._pending) == waiting:
+                return
 
     def _fail_group(
         self, group: list[tuple[list[bytes], asyncio.Future[range]]], exc: OSError
@@ -259,8 +283,12 @@ class Spool:
                 future.set_exception(error)
 
     def _write(self, first_seq: int, payloads: list[bytes]) -> int:
-        """In the write thread: roll if due, write the frames, sync; the new end offset.
-        On failure the segment is cut back to its previous end and the error re-raised."""
+        """Roll if due, write the frames, sync; the new end offset. On failure the segment
+        is cut back to its previous end and the error re-raised."""
+        with self._fd_lock:
+            return self._write_locked(first_seq, payloads)
+
+    def _write_locked(self, first_seq: int, payloads: list[bytes]) -> int:
         active = self._segments[-1]
         if active.size >= self.config.segment_bytes:
             self._roll(first_seq)
@@ -289,8 +317,10 @@ class Spool:
     def _fdatasync(self) -> None:
         started = time.perf_counter()
         os.fdatasync(self._active_fd)
+        took = time.perf_counter() - started
+        self._sync_ewma_s += (took - self._sync_ewma_s) * 0.2
         self.stats.fsyncs += 1
-        self.observer.fsynced(time.perf_counter() - started)
+        self.observer.fsynced(took)
 
     async def _sync_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -299,9 +329,10 @@ class Spool:
             await loop.run_in_executor(self._write_io, self._sync_if_dirty)
 
     def _sync_if_dirty(self) -> None:
-        if self._unsynced:
-            self._unsynced = False
-            self._fdatasync()
+        with self._fd_lock:
+            if self._unsynced:
+                self._unsynced = False
+                self._fdatasync()
 
     def _roll(self, first_seq: int) -> None:
         """Start a new segment at `first_seq`; durable (file and directory) before use."""
