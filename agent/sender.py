@@ -60,6 +60,7 @@ class Item:
     body: bytes  # the JSON sent upstream for this record
     attempts: int = 0
     fresh_token_tried: bool = False
+    held: bool = False  # a worker has it (between take and finish or put-back)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,10 @@ class Sender:
                 await self._spool.wait_for_data(IDLE_POLL_S)
                 continue
             for entry in entries:
-                self._admit(entry.seq, entry.payload, now)
+                try:
+                    self._admit(entry.seq, entry.payload, now)
+                except (ValueError, KeyError, TypeError) as exc:  # not a record we can send
+                    await self._unreadable(entry.seq, entry.payload, exc)
             self._work.set()
 
     def _admit(self, seq: int, payload: bytes, now: float) -> None:
@@ -167,6 +171,16 @@ class Sender:
         """The record's stable id: the app's idempotency key for it, else the agent's id."""
         return envelope.key or self._spool.record_id(seq)
 
+    async def _unreadable(self, seq: int, payload: bytes, exc: Exception) -> None:
+        """An entry that is not a readable envelope (a bug, or a newer agent's format):
+        kept in the dead-letter file as it is, never silently dropped."""
+        letter = DeadLetter(
+            self._spool.record_id(seq), {"raw": payload.hex()}, False, 0, f"unreadable: {exc}", 0
+        )
+        await self._dead.append([letter])
+        self._spool.ack([seq])
+        log.error("spool entry %d is not a readable record: dead-lettered as is", seq)
+
     # --- sending --------------------------------------------------------------------------
 
     async def _work_loop(self) -> None:
@@ -177,11 +191,28 @@ class Sender:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._work.wait(), IDLE_POLL_S * 4)
                 continue
+            batch = await self._linger(taken)
+            for _, item in batch:
+                item.held = True
             try:
-                await self._deliver(await self._linger(taken))
+                await self._deliver(batch)
+            except Exception:  # a bug or an unforeseen error must not stop delivery
+                log.exception(
+                    "delivery of %d record(s) failed; they will be sent again", len(batch)
+                )
+                self._release(batch)
+                await asyncio.sleep(1.0)
             finally:
                 self._room.set()
                 self._work.set()
+
+    def _release(self, batch: list[tuple[Lane[Item], Item]]) -> None:
+        """Give the records still held back to their lanes, to be sent again."""
+        now = self._clock()
+        for lane, item in batch:
+            if item.held:
+                item.held = False
+                self._lanes.put_back(lane, item, now)
 
     def _take(self) -> list[tuple[Lane[Item], Item]]:
         first = self._lanes.take(self._clock())
@@ -315,7 +346,12 @@ class Sender:
             item = batch[0][1]
             if not item.fresh_token_tried:
                 item.fresh_token_tried = True
-                return await self._send(batch, await self._tokens.get())
+                try:
+                    return await self._send(batch, await self._tokens.get())
+                except TokenError as exc:
+                    self.gate.failed(overload=False)
+                    log.warning("token refresh after a 401 failed: %s", exc)
+                    return batch
             self.gate.config_problem("the upstream answers 401 even with a fresh token")
         elif outcome is Outcome.FORBIDDEN:
             self.gate.config_problem("the upstream answers 403: the credentials lack permission")
@@ -339,6 +375,7 @@ class Sender:
             )
             return batch
         for lane, item in batch:  # park this pair; the rest flows
+            item.held = False
             self._lanes.put_back(lane, item, now, now + self._config.park_retry_s)
         log.warning(
             "upstream 404 for customer %r dimension %r: parked for %.0f s",
@@ -349,7 +386,8 @@ class Sender:
 
     def _finish(self, batch: list[tuple[Lane[Item], Item]], now: float) -> None:
         self._spool.ack(item.seq for _, item in batch)
-        for lane, _ in batch:
+        for lane, item in batch:
+            item.held = False
             self._lanes.done(lane, now)
 
     async def _dead_letter(self, batch: list[tuple[Lane[Item], Item]], reply: Reply) -> None:

@@ -111,7 +111,7 @@ def start_agent(directory: Path, port: int) -> subprocess.Popen[bytes]:
         f'[spool]\ndir = "{directory / "spool"}"\nfsync = "always"\nmin_free_bytes = 0\n'
         f"max_bytes = {64 * 1024**3}\n"
         f'[ingest]\nlisten = "127.0.0.1:{port}"\nunix_socket = ""\n'
-        'max_request_bytes = 4194304\n[log]\nlevel = "WARNING"\n'
+        'max_request_bytes = 4194304\n[upstream]\nenabled = false\n[log]\nlevel = "WARNING"\n'
     )
     proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)])
     wait_port(port)

@@ -198,3 +198,20 @@ async def test_array_mode_delivers_in_batches_and_isolates_a_poison_record(
             assert fake.statuses[400] > 100
     finally:
         await fake.stop()
+
+
+async def test_a_dead_letter_file_that_cannot_be_written_loses_nothing(
+    start_agent: AgentFactory, paigo: FakePaigo
+):
+    paigo.faults.reject_customers = {"customer-3"}
+    agent = await start_agent(**delivering(paigo))
+    path = deadletter.path_in(agent.service.spool.dir)
+    path.mkdir()  # appending to it fails with IsADirectoryError
+    batch = [record(n) for n in range(70)]
+    await post_all(agent, batch)
+    good = [r for r in batch if r["customerId"] != "customer-3"]
+    await eventually(lambda: len(paigo.records) >= len(good), what="the others")
+    assert agent.service.spool.backlog == 10  # the refused ones are kept, not acknowledged
+    path.rmdir()
+    await eventually(lambda: len(list(deadletter.read(path))) == 10, timeout=30, what="letters")
+    await eventually(lambda: agent.service.spool.backlog == 0, what="all acknowledged")
