@@ -220,33 +220,51 @@ def _typed(value: Any, type_name: str, key: str, source: str) -> Any:
     return value
 
 
+_POSITIVE: Final = (
+    "spool.max_bytes",
+    "spool.segment_bytes",
+    "spool.fsync_interval_ms",
+    "spool.cursor_interval_ms",
+    "ingest.max_request_bytes",
+    "ingest.max_records_per_request",
+    "ingest.idempotency_window_s",
+    "ingest.idempotency_max_keys",
+    "ingest.retry_after_s",
+    "ingest.body_timeout_s",
+    "ingest.keepalive_timeout_s",
+    "upstream.batch_max_records",
+    "upstream.batch_max_bytes",
+    "upstream.concurrency",
+    "upstream.request_timeout_s",
+    "upstream.max_retry_after_s",
+    "upstream.park_retry_s",
+    "retry.initial_backoff_s",
+    "retry.max_backoff_s",
+    "retry.circuit_failures",
+)
+_NON_NEGATIVE: Final = ("shutdown_grace_s", "spool.min_free_bytes", "upstream.linger_ms")
+
+
+def _value(config: Config, dotted: str) -> float:
+    node: Any = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node  # type: ignore[no-any-return]
+
+
 def _check(config: Config) -> None:
     src, spool, ingest = config.source, config.spool, config.ingest
     if spool.fsync not in FSYNC_MODES:
         raise ConfigError(src, "spool.fsync", f"must be one of {', '.join(FSYNC_MODES)}")
     if not spool.dir:
         raise ConfigError(src, "spool.dir", "must not be empty")
-    positive = {
-        "spool.max_bytes": spool.max_bytes,
-        "spool.segment_bytes": spool.segment_bytes,
-        "spool.fsync_interval_ms": spool.fsync_interval_ms,
-        "spool.cursor_interval_ms": spool.cursor_interval_ms,
-        "ingest.max_request_bytes": ingest.max_request_bytes,
-        "ingest.max_records_per_request": ingest.max_records_per_request,
-        "ingest.idempotency_window_s": ingest.idempotency_window_s,
-        "ingest.idempotency_max_keys": ingest.idempotency_max_keys,
-        "ingest.retry_after_s": ingest.retry_after_s,
-        "ingest.body_timeout_s": ingest.body_timeout_s,
-        "ingest.keepalive_timeout_s": ingest.keepalive_timeout_s,
-    }
-    for key, value in positive.items():
-        if value <= 0:
+    for key in _POSITIVE:
+        if (value := _value(config, key)) <= 0:
             raise ConfigError(src, key, f"must be greater than 0, not {value}")
+    for key in _NON_NEGATIVE:
+        if (value := _value(config, key)) < 0:
+            raise ConfigError(src, key, f"must not be negative, not {value}")
     _check_upstream(config)
-    if config.shutdown_grace_s < 0:
-        raise ConfigError(src, "shutdown_grace_s", "must not be negative")
-    if spool.min_free_bytes < 0:
-        raise ConfigError(src, "spool.min_free_bytes", "must not be negative")
     if spool.segment_bytes > spool.max_bytes:
         raise ConfigError(src, "spool.segment_bytes", "must not be larger than spool.max_bytes")
     try:
@@ -264,22 +282,6 @@ def _check_upstream(config: Config) -> None:
     for key in ("url", "token_url"):
         if not getattr(up, key).startswith(("http://", "https://")):
             raise ConfigError(src, f"upstream.{key}", "must be an http:// or https:// URL")
-    positive = {
-        "upstream.batch_max_records": up.batch_max_records,
-        "upstream.batch_max_bytes": up.batch_max_bytes,
-        "upstream.concurrency": up.concurrency,
-        "upstream.request_timeout_s": up.request_timeout_s,
-        "upstream.max_retry_after_s": up.max_retry_after_s,
-        "upstream.park_retry_s": up.park_retry_s,
-        "retry.initial_backoff_s": retry.initial_backoff_s,
-        "retry.max_backoff_s": retry.max_backoff_s,
-        "retry.circuit_failures": retry.circuit_failures,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(src, key, f"must be greater than 0, not {value}")
-    if up.linger_ms < 0:
-        raise ConfigError(src, "upstream.linger_ms", "must not be negative")
     if retry.multiplier < 1:
         raise ConfigError(src, "retry.multiplier", "must be at least 1")
 

@@ -24,19 +24,11 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ingest import WRK_SCRIPT, free_port, wait_port, wrk  # bench/ingest.py
+from ingest import RECORD, WRK_SCRIPT, free_port, wait_port, wrk  # bench/ingest.py
 
 from agent.config import SpoolConfig
 from agent.records import Envelope, encode_envelope
 from agent.spool import Spool
-
-RECORD = {
-    "timestamp": "2026-11-25T16:20:49.123Z",
-    "customerId": "customer-000123",
-    "dimensionId": "api-calls",
-    "recordValue": "12.5",
-    "metadata": {"region": "eu-west-1", "service": "checkout"},
-}
 
 
 async def fill(directory: Path, count: int) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -17,14 +16,6 @@ from agent.records import decode_envelope
 from agent.spool import Spool
 from tests.conftest import record
 from tests.integration.agent_process import AgentProcess
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        agent.kill()
 
 
 def spooled(directory: Path) -> list[tuple[str, dict[str, object]]]:

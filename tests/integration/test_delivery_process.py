@@ -23,14 +23,6 @@ def paigo() -> Iterator[FakePaigo]:
         yield fake
 
 
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        agent.kill()
-
-
 def delivering_to(fake: FakePaigo, **upstream: object) -> dict[str, dict[str, object]]:
     return {
         "upstream": {
