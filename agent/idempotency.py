@@ -108,10 +108,12 @@ class IdempotencyStore:
         (the request failed and stored nothing, so a retry must be tried afresh)."""
         try:
             if answer is not None:
-                now = self._clock()
+                now, seq = self._clock(), -1
                 entry = {"k": key, "t": now, "s": answer.status, "b": answer.body.decode()}
-                [seq] = await self._spool.append([orjson.dumps(entry)])
-                self._keys[key] = _Remembered(seq, now, answer)
+                try:
+                    [seq] = await self._spool.append([orjson.dumps(entry)])
+                finally:  # if it could not be stored, remember it at least until a restart
+                    self._keys[key] = _Remembered(seq, now, answer)
         finally:
             waiting = self._in_flight.pop(key)
             waiting.set_result(answer)

@@ -8,8 +8,8 @@
 * Each send is retried with tenacity: exponential backoff with full jitter capped at
   `retry.max_backoff_s`, without limit of attempts or time: an outage never drops billing
   data. A record leaves the agent in exactly two ways: a 2xx (acknowledged in the spool),
-  or a permanent refusal of that record (400, 422, other 4xx but 401/403/404/408/425/429;
-  written durably to the dead-letter file first, then acknowledged).
+  or a permanent refusal of that record (400, 422, or 413 for one record; written durably
+  to the dead-letter file first, then acknowledged). Any other answer keeps the record.
 * At-least-once: a crash re-sends what was in flight and not yet acknowledged, so
   duplicates are bounded by `upstream.concurrency` requests (times the batch size in
   array mode) plus the acknowledgements of the last `spool.cursor_interval_ms`.
@@ -332,7 +332,7 @@ class Sender:
             self._finish(batch, now)
             self.delivered += len(batch)
             return []
-        if len(batch) > 1 and outcome in (Outcome.TOO_LARGE, Outcome.REJECTED, Outcome.PERMANENT):
+        if len(batch) > 1 and outcome in (Outcome.TOO_LARGE, Outcome.REJECTED):
             half = len(batch) // 2  # find the record at fault: halves, down to one
             first = await self._send(batch[:half], token)
             return first + await self._send(batch[half:], token)
@@ -357,6 +357,8 @@ class Sender:
             self.gate.config_problem("the upstream answers 403: the credentials lack permission")
         elif outcome is Outcome.NOT_FOUND:
             return self._not_found(batch, now)
+        elif outcome is Outcome.PERMANENT:  # 405, 409, 501 ...: not about one record
+            self.gate.config_problem(f"the upstream answers {reply.status}: check upstream.url")
         else:
             await self._dead_letter(batch, reply)
             self._finish(batch, now)
@@ -436,5 +438,5 @@ _STATUS_OF: Final = {  # a representative HTTP status for a per-record outcome i
     Outcome.FORBIDDEN: 403,
     Outcome.NOT_FOUND: 404,
     Outcome.TOO_LARGE: 413,
-    Outcome.PERMANENT: 400,
+    Outcome.PERMANENT: 409,
 }

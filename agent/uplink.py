@@ -30,7 +30,7 @@ class Outcome(enum.Enum):
     FORBIDDEN = "forbidden"  # 403: a configuration problem, never the record's fault
     NOT_FOUND = "not_found"  # 404: an unknown customer or dimension, or a wrong URL
     TOO_LARGE = "too_large"  # 413: split the batch
-    PERMANENT = "permanent"  # other 4xx, 501: not retryable as is; the record is refused
+    PERMANENT = "permanent"  # other 4xx, 501: not retryable as is, and not the record's fault
 
 
 _TRANSIENT_STATUSES: Final = frozenset({408, 425, 429})

@@ -215,3 +215,18 @@ async def test_a_dead_letter_file_that_cannot_be_written_loses_nothing(
     path.rmdir()
     await eventually(lambda: len(list(deadletter.read(path))) == 10, timeout=30, what="letters")
     await eventually(lambda: agent.service.spool.backlog == 0, what="all acknowledged")
+
+
+async def test_a_status_that_is_no_records_fault_keeps_everything(
+    start_agent: AgentFactory, paigo: FakePaigo
+):
+    paigo.fail_next(10**9, 405)  # e.g. upstream.url points at the wrong path
+    agent = await start_agent(**delivering(paigo))
+    await post_all(agent, [record(n) for n in range(30)])
+    await eventually(lambda: paigo.statuses[405] >= 3, what="attempts")
+    status, body = await agent.get("/readyz")
+    assert status == 503
+    assert "405" in " ".join(body["reasons"])
+    assert not deadletter.path_in(agent.service.spool.dir).exists()
+    paigo.fail_next(0)
+    await eventually(lambda: len(paigo.records) >= 30, timeout=30, what="delivery after the fix")
