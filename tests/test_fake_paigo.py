@@ -60,3 +60,77 @@ async def test_faults_can_be_set_over_http(paigo: FakePaigo):
         async with http.post(f"{paigo.url}/_fake/faults", json={"nonsense": 1}) as resp:
             assert resp.status == 400
     assert paigo.faults.fail_next == 2 and paigo.faults.fail_status == 502
+
+
+async def token_for(http: aiohttp.ClientSession, paigo: FakePaigo) -> dict[str, str]:
+    grant = {"grant_type": "client_credentials", "client_id": paigo.client_id}
+    grant["client_secret"] = paigo.client_secret
+    async with http.post(paigo.token_url, json=grant) as resp:
+        return {"Authorization": f"Bearer {(await resp.json())['access_token']}"}
+
+
+async def test_the_read_api_returns_raw_records_of_a_window_grouped_by_dimension(
+    paigo: FakePaigo,
+):
+    async with aiohttp.ClientSession() as http:
+        auth = await token_for(http, paigo)
+        sent = [
+            {**record(1), "timestamp": "2026-11-25T10:00:00Z", "metadata": {"k": "a"}},
+            {
+                **record(2),
+                "customerId": record(1)["customerId"],
+                "timestamp": "2026-11-25T10:00:05Z",
+            },
+            {**record(3), "customerId": record(1)["customerId"], "dimensionId": "storage"},
+            {**record(4), "customerId": "someone-else"},
+        ]
+        for body in sent:
+            async with http.post(paigo.usage_url, json=body, headers=auth) as resp:
+                assert resp.status == 200
+        query = {
+            "aggregationInterval": "none",
+            "aggregationPurpose": "metering",
+            "startTime": "2026-11-25T09:59:59Z",
+            "endTime": "2026-11-25T10:00:05Z",
+        }
+        url = f"{paigo.url}/customers/{record(1)['customerId']}/usage"
+        async with http.get(url, params=query, headers=auth) as resp:
+            assert resp.status == 200
+            answer = await resp.json()
+        assert answer["data"] == [
+            {
+                "dimensionId": "api-calls",
+                "usage": [
+                    {
+                        "timestamp": "2026-11-25T10:00:00Z",
+                        "recordValue": "1",
+                        "metadata": {"k": "a"},
+                    }
+                ],
+            }
+        ]
+        async with http.get(url, params=query) as resp:
+            assert resp.status == 401
+
+
+async def test_outcome_unknown_faults_store_or_not_as_named():
+    fake = FakePaigo(seed=7)
+    await fake.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            auth = await token_for(http, fake)
+            fake.faults.store_then_drop_rate = 1.0
+            with pytest.raises(aiohttp.ClientError):
+                async with http.post(fake.usage_url, json=record(1), headers=auth) as resp:
+                    await resp.read()
+            fake.faults.store_then_drop_rate = 0.0
+            fake.faults.store_then_504_rate = 1.0
+            async with http.post(fake.usage_url, json=record(2), headers=auth) as resp:
+                assert resp.status == 504
+            fake.faults.store_then_504_rate = 0.0
+            fake.faults.lose_504_rate = 1.0
+            async with http.post(fake.usage_url, json=record(3), headers=auth) as resp:
+                assert resp.status == 504
+        assert fake.records == [record(1), record(2)]  # stored, stored, not stored
+    finally:
+        await fake.stop()

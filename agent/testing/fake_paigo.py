@@ -10,6 +10,12 @@
 * Faults (methods here, or `POST /_fake/faults` with the same names as JSON): fail the
   next N requests with a status (and Retry-After), delay answers, drop the connection,
   expire every token, reject given customers with 400, answer 404 for given customers.
+* `GET /customers/{customerId}/usage?aggregationInterval=none&aggregationPurpose=metering&
+  startTime=...&endTime=...`: the raw records stored for that customer in the window, with
+  their metadata, grouped by dimension: `{"message", "data": [{"dimensionId", "usage":
+  [{"timestamp", "recordValue", "metadata"}]}]}` (same bearer auth).
+* Outcome-unknown faults, as shares of requests: store then drop the connection, store then
+  answer 504 after a delay, answer 504 without storing.
 * `GET /_fake/records` lists what was stored; `GET /_fake/stats` counts requests by second.
 
 It is what `make demo` and the project's tests deliver to; `usage-agent fake-paigo` runs it.
@@ -18,6 +24,7 @@ It is what `make demo` and the project's tests deliver to; `usage-agent fake-pai
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 import time
 from collections import Counter
@@ -47,6 +54,11 @@ class Faults:
     drop_next: int = 0
     reject_customers: set[str] = field(default_factory=set)
     unknown_customers: set[str] = field(default_factory=set)
+    # Outcome-unknown faults, each a share of the accepted single-record requests:
+    store_then_drop_rate: float = 0.0  # store the record, then close the connection unanswered
+    store_then_504_rate: float = 0.0  # store it, then answer 504 after store_then_504_delay_s
+    store_then_504_delay_s: float = 0.0
+    lose_504_rate: float = 0.0  # answer 504 and store nothing
 
 
 def paigo_problem(record: object) -> str | None:
@@ -84,6 +96,7 @@ class FakePaigo:
         *,
         accept_arrays: bool = False,
         token_ttl_s: int = 86400,
+        seed: int = 0,
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
@@ -95,6 +108,7 @@ class FakePaigo:
         self.token_requests = 0
         self.usage_requests: Counter[int] = Counter()  # per second (Unix time, floored)
         self.statuses: Counter[int] = Counter()
+        self._random = random.Random(seed)
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -104,6 +118,7 @@ class FakePaigo:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/oauth/token", self._token)
         app.router.add_post("/usage", self._usage)
+        app.router.add_get("/customers/{customerId}/usage", self._read_usage)
         app.router.add_post("/_fake/faults", self._set_faults)
         app.router.add_get("/_fake/records", self._records)
         app.router.add_get("/_fake/stats", self._stats)
@@ -178,11 +193,8 @@ class FakePaigo:
             await asyncio.sleep(faults.delay_s)
         if faults.drop_next > 0:
             faults.drop_next -= 1
-            assert request.transport is not None
-            request.transport.close()
-            raise asyncio.CancelledError  # the connection is gone: no answer at all
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme != "Bearer" or self.tokens.get(token, 0) < time.time():
+            return _drop(request)
+        if not self._authorized(request):
             return _json(401, {"message": "Unauthorized"})
         if faults.fail_next > 0:
             faults.fail_next -= 1
@@ -196,9 +208,52 @@ class FakePaigo:
         if isinstance(body, list) and self.accept_arrays:
             results = [self._store_one(record, invoice) for record in body]
             return _json(200, {"results": [{"status": status} for status in results]})
+        draw = self._random.random()
+        if draw < faults.lose_504_rate:
+            return _json(504, {"message": "Endpoint request timed out"})
         status = self._store_one(body, invoice)
+        draw -= faults.lose_504_rate
+        if status == 200 and draw < faults.store_then_drop_rate:
+            return _drop(request)
+        draw -= faults.store_then_drop_rate
+        if status == 200 and draw < faults.store_then_504_rate:
+            await asyncio.sleep(faults.store_then_504_delay_s)
+            return _json(504, {"message": "Endpoint request timed out"})
         messages = {200: "Success", 400: "Bad Request", 404: "Not Found"}
         return _json(status, {"message": messages.get(status, "error")})
+
+    async def _read_usage(self, request: web.Request) -> web.Response:
+        """Paigo's raw usage read: `aggregationInterval=none`, records in
+        [startTime, endTime) grouped by dimension, with their metadata."""
+        if not self._authorized(request):
+            return _json(401, {"message": "Unauthorized"})
+        query = request.query
+        if query.get("aggregationInterval") != "none":
+            return _json(400, {"message": "only aggregationInterval=none is served here"})
+        try:
+            start = _instant(query["startTime"])
+            end = _instant(query["endTime"])
+        except (KeyError, ValueError):
+            return _json(400, {"message": "startTime and endTime must be RFC 3339"})
+        customer = request.match_info["customerId"]
+        by_dimension: dict[str, list[dict[str, Any]]] = {}
+        for received in self.received:
+            record = received.record
+            if record["customerId"] != customer or not start <= _instant(record["timestamp"]) < end:
+                continue
+            by_dimension.setdefault(record["dimensionId"], []).append(
+                {
+                    "timestamp": record["timestamp"],
+                    "recordValue": record["recordValue"],
+                    "metadata": record.get("metadata", {}),
+                }
+            )
+        data = [{"dimensionId": d, "usage": usage} for d, usage in by_dimension.items()]
+        return _json(200, {"message": "Success", "data": data})
+
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return scheme == "Bearer" and self.tokens.get(token, 0) >= time.time()
 
     def _store_one(self, record: Any, invoice: bool) -> int:
         if paigo_problem(record) is not None:
@@ -240,6 +295,17 @@ class FakePaigo:
                 "records": len(self.received),
             },
         )
+
+
+def _instant(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+
+
+def _drop(request: web.Request) -> web.StreamResponse:
+    """Close the connection without an answer (the client sees a reset or EOF)."""
+    if request.transport is not None:
+        request.transport.abort()
+    return web.StreamResponse(status=500)  # never reaches the client
 
 
 def _json(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
