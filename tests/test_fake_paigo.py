@@ -107,7 +107,13 @@ async def test_the_read_api_returns_raw_records_of_a_window_grouped_by_dimension
                         "metadata": {"k": "a"},
                     }
                 ],
-            }
+            },
+            {
+                "dimensionId": "storage",
+                "usage": [
+                    {"timestamp": "2026-11-25T10:00:00Z", "recordValue": "3", "metadata": {}}
+                ],
+            },
         ]
         async with http.get(url, params=query) as resp:
             assert resp.status == 401
