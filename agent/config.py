@@ -35,6 +35,8 @@ __all__ = [
 FsyncMode = Literal["always", "interval", "off"]
 FSYNC_MODES: Final = ("always", "interval", "off")
 MiB: Final = 1024 * 1024
+DEFAULT_ID_KEY: Final = "usageAgentRecordId"
+DELIVERY_MODES: Final = ("effectively-once", "at-least-once")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,23 @@ class UpstreamConfig:
     max_retry_after_s: float = 300.0
     park_retry_s: float = 60.0
     token_refresh_margin_s: float = 300.0
+    delivery: str = "effectively-once"
+    unknown_settle_s: float = 2.0
+    read_url: str = ""
+    ledger_max_bytes: int = 256 * MiB
+
+    @property
+    def id_key(self) -> str:
+        """The metadata key that carries each record's stable id upstream ("" for none):
+        on by default with effectively-once delivery, which finds records by it."""
+        if self.record_id_metadata_key or self.delivery != "effectively-once":
+            return self.record_id_metadata_key
+        return DEFAULT_ID_KEY
+
+    @property
+    def read_base(self) -> str:
+        """Where Paigo's read API lives: `read_url`, else `url` without its /usage path."""
+        return (self.read_url or self.url.removesuffix("/").removesuffix("/usage")).rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -238,11 +257,17 @@ _POSITIVE: Final = (
     "upstream.request_timeout_s",
     "upstream.max_retry_after_s",
     "upstream.park_retry_s",
+    "upstream.ledger_max_bytes",
     "retry.initial_backoff_s",
     "retry.max_backoff_s",
     "retry.circuit_failures",
 )
-_NON_NEGATIVE: Final = ("shutdown_grace_s", "spool.min_free_bytes", "upstream.linger_ms")
+_NON_NEGATIVE: Final = (
+    "shutdown_grace_s",
+    "spool.min_free_bytes",
+    "upstream.linger_ms",
+    "upstream.unknown_settle_s",
+)
 
 
 def _value(config: Config, dotted: str) -> float:
@@ -279,6 +304,8 @@ def _check_upstream(config: Config) -> None:
     src, up, retry = config.source, config.upstream, config.retry
     if up.mode not in ("single", "array"):
         raise ConfigError(src, "upstream.mode", 'must be "single" or "array"')
+    if up.delivery not in DELIVERY_MODES:
+        raise ConfigError(src, "upstream.delivery", f"must be one of {', '.join(DELIVERY_MODES)}")
     for key in ("url", "token_url"):
         if not getattr(up, key).startswith(("http://", "https://")):
             raise ConfigError(src, f"upstream.{key}", "must be an http:// or https:// URL")

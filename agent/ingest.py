@@ -60,6 +60,7 @@ class IngestState:
     keys: IdempotencyStore
     metrics: Metrics
     token: bytes | None = None
+    reserved_key: str | None = None  # the metadata key the agent fills with the record id
     started_at: float = field(default_factory=time.time)
     shutting_down: bool = False
     delivery_status: Callable[[], dict[str, object]] = dict
@@ -142,7 +143,7 @@ async def _remember(state: IngestState, key: str, answer: Answer | None) -> None
 
 async def _store(state: IngestState, objs: list[object], invoice: bool, key: str) -> Answer:
     try:
-        records = validate_records(objs)
+        records = validate_records(objs, state.reserved_key)
     except RecordInvalid as exc:
         problems = [p.as_dict() for p in exc.problems[:MAX_PROBLEMS_SHOWN]]
         bad = len({p.index for p in exc.problems})

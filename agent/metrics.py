@@ -145,6 +145,14 @@ class _SenderCollector(Collector):
                 "Records the upstream refused for good, in the dead-letter file.",
                 "dead_lettered",
             ),
+            "usage_agent_duplicates_prevented": (
+                "Records whose send had an unknown outcome and that Paigo was found to hold.",
+                "duplicates_prevented",
+            ),
+            "usage_agent_unknown_outcomes": (
+                "Sends whose outcome was unknown (timeout, reset, 500, 502, 504).",
+                "unknown_outcomes",
+            ),
         }
         for name, (text, key) in counters.items():
             yield CounterMetricFamily(name, text, value=_number(state[key]))

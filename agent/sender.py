@@ -39,6 +39,8 @@ from agent.config import RetryConfig, UpstreamConfig
 from agent.deadletter import DeadLetter, DeadLetterFile
 from agent.gate import Gate
 from agent.lanes import Lane, LaneKey, Lanes
+from agent.ledger import Ledger
+from agent.recheck import Resolver
 from agent.records import Envelope, decode_envelope
 from agent.spool import Spool
 from agent.uplink import Outcome, Reply, Uplink
@@ -58,9 +60,19 @@ class Item:
     seq: int
     envelope: Envelope
     body: bytes  # the JSON sent upstream for this record
+    rid: str = ""  # the stable id sent in metadata ("" when no id key is configured)
     attempts: int = 0
     fresh_token_tried: bool = False
     held: bool = False  # a worker has it (between take and finish or put-back)
+    unknown_since: float | None = None  # effectively-once: its last outcome is unknown
+    marked: bool = False  # effectively-once: noted in the ledger as possibly sent
+
+    @property
+    def record_id(self) -> str:
+        return self.rid
+
+    def record(self) -> dict[str, object]:
+        return self.envelope.record()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,7 @@ class Sender:
         uplink: Uplink,
         tokens: TokenManager,
         dead_letters: DeadLetterFile,
+        ledger: Ledger,
         *,
         upstream: UpstreamConfig,
         retry: RetryConfig,
@@ -90,8 +103,16 @@ class Sender:
         self._retry = retry
         self._clock = clock
         self.gate = Gate(upstream.concurrency, retry.circuit_failures, clock=clock)
+        self._ledger = ledger
+        self._resolver = (
+            Resolver(uplink, ledger, upstream, clock)
+            if upstream.delivery == "effectively-once"
+            else None
+        )
+        self._deliveries: list[dict[str, object]] = []
         self._lanes: Lanes[Item] = Lanes()
         self._ordered_dims = frozenset(upstream.ordered_dimensions)
+        self._id_key = upstream.id_key
         self._window = max(4 * upstream.concurrency * self._batch_size, 1000)
         self._room = asyncio.Event()
         self._work = asyncio.Event()
@@ -109,14 +130,17 @@ class Sender:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._read_loop(), name="sender-reader")]
+        self._tasks = [
+            asyncio.create_task(self._read_loop(), name="sender-reader"),
+            asyncio.create_task(self._housekeeping(), name="sender-ledger"),
+        ]
         for number in range(self._config.concurrency):
             self._tasks.append(asyncio.create_task(self._work_loop(), name=f"sender-{number}"))
 
     async def stop(self, grace_s: float) -> None:
         """Stop reading; give sends under way `grace_s` to finish; abandon the rest (they
         stay unacknowledged in the spool and are sent again after a restart)."""
-        reader, workers = self._tasks[:1], self._tasks[1:]
+        reader, workers = self._tasks[:2], self._tasks[2:]
         for task in reader:
             task.cancel()
         deadline = self._clock() + grace_s
@@ -125,11 +149,27 @@ class Sender:
         for task in workers:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._flush_deliveries()
         if self.gate.in_flight:
             log.warning(
                 "abandoned %d sends at shutdown; they will be sent again", self.gate.in_flight
             )
         self._tasks = []
+
+    async def _housekeeping(self) -> None:
+        """Write the deliveries file and drop ledger marks behind the persisted cursor."""
+        while True:
+            await asyncio.sleep(0.2)
+            await self._flush_deliveries()
+            self._ledger.forget_through(self._spool.saved_cursor)
+
+    async def _flush_deliveries(self) -> None:
+        lines, self._deliveries = self._deliveries, []
+        if lines:
+            try:
+                await self._ledger.delivered(lines)
+            except OSError as exc:  # an audit trail, not the records: keep delivering
+                log.error("could not write the deliveries file: %s", exc)
 
     # --- reading from the spool -----------------------------------------------------------
 
@@ -158,14 +198,17 @@ class Sender:
         envelope = decode_envelope(payload)
         record = envelope.record()
         customer, dimension = str(record["customerId"]), str(record["dimensionId"])
-        body = envelope.record_json
-        if self._config.record_id_metadata_key:
+        item = Item(seq, envelope, envelope.record_json)
+        if self._id_key:
+            item.rid = self._record_id(seq, envelope)
             metadata = dict(record.get("metadata") or {})  # type: ignore[call-overload]
-            metadata[self._config.record_id_metadata_key] = self._record_id(seq, envelope)
-            body = orjson.dumps({**record, "metadata": metadata})
+            metadata[self._id_key] = item.rid
+            item.body = orjson.dumps({**record, "metadata": metadata})
+        if self._resolver is not None and self._resolver.starts_unknown(seq):
+            item.unknown_since, item.marked = now, True
         ordered = envelope.invoice or dimension in self._ordered_dims
         key: LaneKey = (customer, dimension, ordered)
-        self._lanes.add(key, Item(seq, envelope, body), now)
+        self._lanes.add(key, item, now)
 
     def _record_id(self, seq: int, envelope: Envelope) -> str:
         """The record's stable id: the app's idempotency key for it, else the agent's id."""
@@ -279,6 +322,9 @@ class Sender:
 
     async def _attempt(self, batch: list[tuple[Lane[Item], Item]]) -> list[tuple[Lane[Item], Item]]:
         """One send of `batch` (split when needed); the records still to send."""
+        resolver = self._resolver
+        if resolver is not None and (wait := resolver.settle_wait([i for _, i in batch])) > 0:
+            await asyncio.sleep(wait)
         await self.gate.acquire()
         try:
             try:
@@ -289,9 +335,32 @@ class Sender:
                 else:
                     self.gate.failed(overload=False)
                 return batch
+            if resolver is not None:
+                batch, complete = await self._resolve_unknown(resolver, batch, token)
+                if not batch or not complete:
+                    return batch
+                await resolver.mark([item for _, item in batch])
             return await self._send(batch, token)
         finally:
             await self.gate.release()
+
+    async def _resolve_unknown(
+        self, resolver: Resolver, batch: list[tuple[Lane[Item], Item]], token: str
+    ) -> tuple[list[tuple[Lane[Item], Item]], bool]:
+        """Acknowledge the unknown records Paigo already holds; the rest, and whether
+        every unknown record could be checked."""
+        if all(item.unknown_since is None for _, item in batch):
+            return batch, True
+        found, complete = await resolver.check([item for _, item in batch], token)
+        if not complete:
+            self.gate.failed(overload=False)
+        if found:
+            held = [batch[index] for index in found]
+            self._finish(held, self._clock())
+            self.delivered += len(held)
+            gone = set(found)
+            batch = [pair for index, pair in enumerate(batch) if index not in gone]
+        return batch, complete
 
     async def _send(
         self, batch: list[tuple[Lane[Item], Item]], token: str
@@ -330,8 +399,13 @@ class Sender:
             self.gate.succeeded()
             self._not_found_pairs.clear()
             self._finish(batch, now)
+            self._note_deliveries(batch)
             self.delivered += len(batch)
             return []
+        if self._resolver is not None and reply.outcome_unknown:
+            self._resolver.became_unknown([item for _, item in batch])
+            self.gate.failed(overload=reply.status != 0)
+            return batch
         if len(batch) > 1 and outcome in (Outcome.TOO_LARGE, Outcome.REJECTED):
             half = len(batch) // 2  # find the record at fault: halves, down to one
             first = await self._send(batch[:half], token)
@@ -386,6 +460,23 @@ class Sender:
         )
         return []
 
+    def _note_deliveries(self, batch: list[tuple[Lane[Item], Item]]) -> None:
+        if not self._id_key:
+            return  # without a stable id upstream there is nothing to reconcile by
+        at = time.time()
+        for _, item in batch:
+            record = item.envelope.record()
+            self._deliveries.append(
+                {
+                    "k": item.rid,
+                    "c": record["customerId"],
+                    "d": record["dimensionId"],
+                    "t": record["timestamp"],
+                    "v": record["recordValue"],
+                    "at": at,
+                }
+            )
+
     def _finish(self, batch: list[tuple[Lane[Item], Item]], now: float) -> None:
         self._spool.ack(item.seq for _, item in batch)
         for lane, item in batch:
@@ -427,6 +518,9 @@ class Sender:
             ],
             "delivered": self.delivered,
             "dead_lettered": self._dead.count,
+            "mode": self._config.delivery,
+            "unknown_outcomes": self._resolver.unknown_outcomes if self._resolver else 0,
+            "duplicates_prevented": self._resolver.duplicates_prevented if self._resolver else 0,
             "last_result": self.last_result,
         }
 

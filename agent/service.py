@@ -35,6 +35,7 @@ from agent.deadletter import DeadLetterFile
 from agent.errors import AgentError, ConfigError
 from agent.idempotency import IdempotencyStore
 from agent.ingest import IngestState, make_app, oldest_unsent_age
+from agent.ledger import Ledger
 from agent.metrics import Metrics
 from agent.sender import Sender
 from agent.spool import Spool
@@ -173,6 +174,8 @@ class Service:
         stack.push_async_callback(self.keys.stop)
         self.metrics.watch_spool(self.spool, lambda: oldest_unsent_age(self.spool))
         state = IngestState(self.config.ingest, self.spool, self.keys, self.metrics, token)
+        if self.config.upstream.enabled:
+            state.reserved_key = self.config.upstream.id_key or None
         self.state = state
         if self.config.upstream.enabled:
             await self._start_delivery(state)
@@ -211,11 +214,15 @@ class Service:
             gzip_arrays=upstream.gzip,
             max_retry_after_s=upstream.max_retry_after_s,
         )
+        ledger = Ledger(self.config.spool, upstream.ledger_max_bytes)
+        await ledger.start()
+        self._stack.push_async_callback(ledger.stop)
         sender = Sender(
             self.spool,
             uplink,
             TokenManager(upstream, session),
             DeadLetterFile(deadletter.path_in(self.config.spool.dir)),
+            ledger,
             upstream=upstream,
             retry=self.config.retry,
         )

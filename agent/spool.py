@@ -501,6 +501,11 @@ class Spool:
         return self._cursor_seq
 
     @property
+    def saved_cursor(self) -> int:
+        """The cursor as last persisted: what a restart would start from."""
+        return self._saved_cursor_seq
+
+    @property
     def writable(self) -> str:
         """Empty when appends can succeed, otherwise why not."""
         return self._broken or ("closing" if self._closing else "")

@@ -15,7 +15,9 @@ import enum
 import gzip
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Final
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -34,6 +36,7 @@ class Outcome(enum.Enum):
 
 
 _TRANSIENT_STATUSES: Final = frozenset({408, 425, 429})
+_UNKNOWN_STATUSES: Final = frozenset({500, 502, 504})
 
 
 def classify(status: int, retry_after: float | None = None) -> Outcome:
@@ -81,6 +84,13 @@ class Reply:
     body: bytes = b""
     retry_after: float | None = None
     error: str = ""
+    maybe_sent: bool = True  # False when the connection was never made
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """Whether the upstream may have stored what it did not confirm: no answer after
+        the request may have been written, or a 500, 502 or 504."""
+        return self.status in _UNKNOWN_STATUSES or (self.status == 0 and self.maybe_sent)
 
     @property
     def outcome(self) -> Outcome:
@@ -131,5 +141,66 @@ class Uplink:
                     resp.headers.get("Retry-After"), time.time(), self._max_retry_after
                 )
                 return Reply(resp.status, data, wait)
+        except aiohttp.ClientConnectorError as exc:  # no connection: nothing was sent
+            return Reply(0, error=f"{type(exc).__name__}: {exc}"[:300], maybe_sent=False)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return Reply(0, error=f"{type(exc).__name__}: {exc}"[:300])
+
+    async def find(
+        self, read_base: str, token: str, record: dict[str, object], id_key: str, record_id: str
+    ) -> bool:
+        """Whether Paigo holds the record whose metadata carries `record_id` under `id_key`,
+        by its raw usage read API in a narrow window around the record's timestamp.
+        Raises LookupFailed when Paigo cannot tell."""
+        customer, dimension = str(record["customerId"]), str(record["dimensionId"])
+        start, end = read_window(str(record["timestamp"]))
+        params = {
+            "aggregationInterval": "none",
+            "aggregationPurpose": "metering",
+            "startTime": start,
+            "endTime": end,
+        }
+        url = f"{read_base}/customers/{quote(customer, safe='')}/usage"
+        headers = {"Authorization": f"Bearer {token}"}
+        try:
+            async with self._session.get(
+                url, params=params, headers=headers, timeout=self._timeout
+            ) as resp:
+                data = await resp.read()
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise LookupFailed(f"{type(exc).__name__}") from None
+        if status != 200:
+            raise LookupFailed(f"the read API answered {status}", status)
+        return holds(data, dimension, id_key, record_id)
+
+
+class LookupFailed(Exception):
+    def __init__(self, reason: str, status: int = 0) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def read_window(timestamp: str) -> tuple[str, str]:
+    """[start, end) of one second either side of an RFC 3339 timestamp, in UTC."""
+    instant = datetime.fromisoformat(timestamp.upper().replace("Z", "+00:00"))
+    fmt = "%Y-%m-%dT%H:%M:%S.%fZ"
+    start = (instant - timedelta(seconds=1)).astimezone(UTC).strftime(fmt)
+    end = (instant + timedelta(seconds=1)).astimezone(UTC).strftime(fmt)
+    return start, end
+
+
+def holds(answer: bytes, dimension: str, id_key: str, record_id: str) -> bool:
+    """Whether a read API answer lists a record of `dimension` with that id; LookupFailed
+    if the answer is not of the documented shape."""
+    try:
+        groups = orjson.loads(answer)["data"]
+        for group in groups:
+            if group.get("dimensionId") != dimension:
+                continue
+            for usage in group.get("usage") or []:
+                if (usage.get("metadata") or {}).get(id_key) == record_id:
+                    return True
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise LookupFailed("the read API answered in an unknown shape") from None
+    return False

@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
-from agent.config import Config, SpoolConfig, from_mapping
+from agent.config import DEFAULT_ID_KEY, Config, SpoolConfig, from_mapping
 from agent.records import decode_envelope
 from agent.service import Service
 from agent.spool import Spool
@@ -161,3 +161,15 @@ async def eventually(check: Callable[[], bool], timeout: float = 20, what: str =
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what or check}")
         await asyncio.sleep(0.02)
+
+
+def as_sent(records: list[dict[str, Any]], id_key: str = DEFAULT_ID_KEY) -> list[dict[str, Any]]:
+    """Records as the app sent them: without the stable id the agent adds to metadata."""
+    plain = []
+    for received in records:
+        metadata = {k: v for k, v in (received.get("metadata") or {}).items() if k != id_key}
+        body = {k: v for k, v in received.items() if k != "metadata"}
+        if metadata:
+            body["metadata"] = metadata
+        plain.append(body)
+    return plain

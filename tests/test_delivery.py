@@ -13,11 +13,18 @@ import pytest
 
 from agent import deadletter
 from agent.testing.fake_paigo import FakePaigo
-from tests.conftest import AgentFactory, agent_config, delivering, eventually, record
+from tests.conftest import (
+    AgentFactory,
+    agent_config,
+    as_sent,
+    delivering,
+    eventually,
+    record,
+)
 
 
 def values(records: list[dict[str, Any]]) -> Counter[str]:
-    return Counter(orjson.dumps(r).decode() for r in records)
+    return Counter(orjson.dumps(r).decode() for r in as_sent(records))
 
 
 async def post_all(agent: Any, batch: list[dict[str, Any]], size: int = 500, **kw: Any) -> None:
