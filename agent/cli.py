@@ -13,12 +13,15 @@ import logging
 import signal
 import sys
 
+import aiohttp
 import orjson
 
-from agent import __version__, config, deadletter
+from agent import __version__, config, deadletter, reconcile
+from agent.auth import TokenError
 from agent.errors import AgentError
 from agent.service import Service
 from agent.testing.fake_paigo import FakePaigo
+from agent.uplink import LookupFailed
 
 DEFAULT_CONFIG = "/etc/usage-agent/agent.toml"
 EXIT_CONFIG = 2
@@ -66,6 +69,17 @@ def cmd_fake_paigo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    try:
+        report = asyncio.run(reconcile.reconcile(cfg, args.since, args.until))
+    except (aiohttp.ClientError, TokenError, LookupFailed, ValueError) as exc:
+        print(f"usage-agent: reconcile could not finish: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print("\n".join(report.lines()))
+    return 0 if report.clean else EXIT_FAILED
+
+
 def cmd_deadletter(args: argparse.Namespace) -> int:
     path = deadletter.path_in(_load(args.config).spool.dir)
     if args.action == "purge":
@@ -84,12 +98,16 @@ def main(argv: list[str] | None = None) -> int:
         ("run", cmd_run, "serve until SIGTERM or SIGINT"),
         ("check-config", cmd_check_config, "load and check the configuration, print it"),
         ("deadletter", cmd_deadletter, "list or purge the records the upstream refused"),
+        ("reconcile", cmd_reconcile, "compare what was delivered with what Paigo holds"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", default=None, help=f"TOML file (e.g. {DEFAULT_CONFIG})")
         sub.set_defaults(handler=handler)
         if name == "deadletter":
             sub.add_argument("action", choices=["list", "purge"])
+        if name == "reconcile":
+            sub.add_argument("--since", required=True, help="RFC 3339, inclusive")
+            sub.add_argument("--until", required=True, help="RFC 3339, exclusive")
     fake = commands.add_parser("fake-paigo", help="run the local Paigo stand-in")
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=7480)

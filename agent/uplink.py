@@ -16,7 +16,7 @@ import gzip
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 from urllib.parse import quote
 
 import aiohttp
@@ -152,13 +152,26 @@ class Uplink:
         """Whether Paigo holds the record whose metadata carries `record_id` under `id_key`,
         by its raw usage read API in a narrow window around the record's timestamp.
         Raises LookupFailed when Paigo cannot tell."""
-        customer, dimension = str(record["customerId"]), str(record["dimensionId"])
         start, end = read_window(str(record["timestamp"]))
+        customer, dimension = str(record["customerId"]), str(record["dimensionId"])
+        groups = await self.read_usage(read_base, token, customer, (start, end))
+        return any(
+            (usage.get("metadata") or {}).get(id_key) == record_id
+            for group in groups
+            if group.get("dimensionId") == dimension
+            for usage in group.get("usage") or []
+        )
+
+    async def read_usage(
+        self, read_base: str, token: str, customer: str, window: tuple[str, str]
+    ) -> list[dict[str, Any]]:
+        """A customer's raw usage records in [start, end), grouped by dimension, from
+        Paigo's read API; LookupFailed when it cannot be read."""
         params = {
             "aggregationInterval": "none",
             "aggregationPurpose": "metering",
-            "startTime": start,
-            "endTime": end,
+            "startTime": window[0],
+            "endTime": window[1],
         }
         url = f"{read_base}/customers/{quote(customer, safe='')}/usage"
         headers = {"Authorization": f"Bearer {token}"}
@@ -172,7 +185,13 @@ class Uplink:
             raise LookupFailed(f"{type(exc).__name__}") from None
         if status != 200:
             raise LookupFailed(f"the read API answered {status}", status)
-        return holds(data, dimension, id_key, record_id)
+        try:
+            groups = orjson.loads(data)["data"]
+            if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+                raise TypeError
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise LookupFailed("the read API answered in an unknown shape") from None
+        return groups
 
 
 class LookupFailed(Exception):
@@ -188,19 +207,3 @@ def read_window(timestamp: str) -> tuple[str, str]:
     start = (instant - timedelta(seconds=1)).astimezone(UTC).strftime(fmt)
     end = (instant + timedelta(seconds=1)).astimezone(UTC).strftime(fmt)
     return start, end
-
-
-def holds(answer: bytes, dimension: str, id_key: str, record_id: str) -> bool:
-    """Whether a read API answer lists a record of `dimension` with that id; LookupFailed
-    if the answer is not of the documented shape."""
-    try:
-        groups = orjson.loads(answer)["data"]
-        for group in groups:
-            if group.get("dimensionId") != dimension:
-                continue
-            for usage in group.get("usage") or []:
-                if (usage.get("metadata") or {}).get(id_key) == record_id:
-                    return True
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-        raise LookupFailed("the read API answered in an unknown shape") from None
-    return False

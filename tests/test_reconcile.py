@@ -1,0 +1,46 @@
+"""`usage-agent reconcile` finds records missing from or doubled at Paigo."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from agent import ledger
+from agent.cli import main
+from agent.testing.fake_paigo import FakePaigo, Received
+from tests.conftest import AgentFactory, delivering, eventually, record
+from tests.integration.agent_process import write_config
+
+
+async def test_reconcile_reports_a_deleted_and_a_doubled_record(
+    start_agent: AgentFactory, paigo: FakePaigo, tmp_path: Path, capsys
+):
+    sections = delivering(paigo)
+    agent = await start_agent(**sections)
+    batch = [record(n, timestamp=f"2026-11-25T10:00:{n:02d}Z") for n in range(40)]
+    status, _, _ = await agent.post(batch)
+    assert status == 202
+    spool_dir = agent.service.spool.dir
+    await eventually(lambda: len(list(ledger.read_deliveries(spool_dir))) == 40, what="ledger")
+
+    config = tmp_path / "reconcile.toml"
+    write_config(config, {"spool": {"dir": str(spool_dir)}, **sections})
+    args = ["reconcile", "--config", str(config)]
+    window = ["--since", "2026-11-25T09:00:00Z", "--until", "2026-11-25T11:00:00Z"]
+    assert await asyncio.to_thread(main, args + window) == 0
+    assert "clean" in capsys.readouterr().out
+
+    by_value = {r.record["recordValue"]: r for r in paigo.received}
+    deleted, doubled = by_value["5"], by_value["7"]
+    paigo.received.remove(deleted)
+    paigo.received.append(Received(dict(doubled.record), False, 0.0))
+    assert await asyncio.to_thread(main, args + window) == 1
+    out = capsys.readouterr().out
+    deleted_id = deleted.record["metadata"]["usageAgentRecordId"]
+    doubled_id = doubled.record["metadata"]["usageAgentRecordId"]
+    assert f'"k":"{deleted_id}"' in out and "MISSING" in out
+    assert f"DOUBLED {doubled_id} x2" in out
+    assert "1 missing, 1 doubled" in out
+
+    narrow = ["--since", "2026-11-25T10:00:10Z", "--until", "2026-11-25T10:00:20Z"]
+    assert await asyncio.to_thread(main, args + narrow) == 0  # both lie outside this window
