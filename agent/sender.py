@@ -59,6 +59,7 @@ class _SendAgain(Exception):
 class Item:
     seq: int
     envelope: Envelope
+    fields: dict[str, object]  # the record as the app sent it, parsed once
     body: bytes  # the JSON sent upstream for this record
     rid: str = ""  # the stable id sent in metadata ("" when no id key is configured)
     attempts: int = 0
@@ -72,7 +73,7 @@ class Item:
         return self.rid
 
     def record(self) -> dict[str, object]:
-        return self.envelope.record()
+        return self.fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +199,7 @@ class Sender:
         envelope = decode_envelope(payload)
         record = envelope.record()
         customer, dimension = str(record["customerId"]), str(record["dimensionId"])
-        item = Item(seq, envelope, envelope.record_json)
+        item = Item(seq, envelope, record, envelope.record_json)
         if self._id_key:
             item.rid = self._record_id(seq, envelope)
             metadata = dict(record.get("metadata") or {})  # type: ignore[call-overload]
@@ -487,7 +488,7 @@ class Sender:
         letters = [
             DeadLetter(
                 self._record_id(item.seq, item.envelope),
-                item.envelope.record(),
+                item.fields,
                 item.envelope.invoice,
                 reply.status,
                 reply.body.decode(errors="replace"),

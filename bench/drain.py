@@ -3,8 +3,10 @@
 Run: .venv/bin/python bench/drain.py [--records N] [--dir DIR]   (needs wrk for the ceilings)
 
 In one run, for `upstream.mode = "single"` (concurrency 64) and `"array"` (500 records per
-request): records/s from start-up to the last record at the stand-in, and CPU seconds the
-agent spent per 10,000 records. Next to each, the stand-in's own ceiling measured in the
+request), in at-least-once and effectively-once delivery, and effectively-once with 5 % of
+sends ending in an unknown outcome (stored, then the connection dropped or a 504): records/s
+from the agent's readiness until its spool is empty, and CPU seconds the agent spent per
+10,000 records. Next to each, the stand-in's own ceiling measured in the
 same run: wrk posting the same requests (single records, 500-record arrays) straight to it.
 Agent and stand-in are separate processes; the machine's cores are shared by all three.
 """
@@ -21,7 +23,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest import RECORD, WRK_SCRIPT, free_port, wait_port, wrk  # bench/ingest.py
@@ -49,11 +53,11 @@ async def fill(directory: Path, count: int) -> None:
     await spool.close()
 
 
-def call(url: str, body: dict[str, object] | None = None) -> dict[str, object]:
+def call(url: str, body: dict[str, object] | None = None) -> dict[str, Any]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as resp:
-        answer: dict[str, object] = json.loads(resp.read())
+        answer: dict[str, Any] = json.loads(resp.read())
         return answer
 
 
@@ -62,33 +66,55 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def drain(root: Path, fake_url: str, mode: str, records: int) -> tuple[float, float]:
-    spool_dir = root / f"spool-{mode}"
+def drain(root: Path, fake_url: str, case: Case, records: int) -> tuple[float, float]:
+    """(records/s from readiness until the spool is empty, agent CPU s per 10k records)."""
+    name = f"{case.mode}-{case.delivery}-{case.unknown_rate}"
+    spool_dir = root / f"spool-{name}"
     asyncio.run(fill(spool_dir, records))
     call(f"{fake_url}/_fake/reset", {})
-    config = root / f"{mode}.toml"
+    half = case.unknown_rate / 2  # half stored then dropped, half stored then 504
+    call(f"{fake_url}/_fake/faults", {"store_then_drop_rate": half, "store_then_504_rate": half})
+    config = root / f"{name}.toml"
     agent_port = free_port()
     config.write_text(
         f'[spool]\ndir = "{spool_dir}"\nmin_free_bytes = 0\nmax_bytes = {64 * 1024**3}\n'
         f'[ingest]\nlisten = "127.0.0.1:{agent_port}"\nunix_socket = ""\n'
         f'[upstream]\nurl = "{fake_url}/usage"\ntoken_url = "{fake_url}/oauth/token"\n'
         'client_id = "test-client"\nclient_secret = "test-secret"\n'
-        f'mode = "{mode}"\nconcurrency = 64\nbatch_max_records = 500\n[log]\nlevel = "WARNING"\n'
+        f'mode = "{case.mode}"\ndelivery = "{case.delivery}"\nunknown_settle_s = {SETTLE_S}\n'
+        'concurrency = 64\nbatch_max_records = 500\n[log]\nlevel = "WARNING"\n'
     )
     agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)])
     wait_port(agent_port)  # the rate counts from readiness: process start-up is not drain
     started = time.perf_counter()
+    status_url = f"http://127.0.0.1:{agent_port}/status"
     try:
-        while int(call(f"{fake_url}/_fake/stats")["records"]) < records:  # type: ignore[call-overload]
+        while call(status_url)["spool"]["backlog_records"]:  # type: ignore[index]
             time.sleep(0.05)
-            if agent.poll() is not None:
-                raise RuntimeError("the agent exited")
         elapsed = time.perf_counter() - started
         cpu = cpu_seconds(agent.pid)
     finally:
         agent.terminate()
         agent.wait(timeout=30)
+        call(f"{fake_url}/_fake/faults", {"store_then_drop_rate": 0, "store_then_504_rate": 0})
     return records / elapsed, cpu / records * 10_000
+
+
+@dataclass(frozen=True)
+class Case:
+    mode: str
+    delivery: str
+    unknown_rate: float
+
+
+CASES = (
+    Case("single", "at-least-once", 0.0),
+    Case("single", "effectively-once", 0.0),
+    Case("single", "effectively-once", 0.05),
+    Case("array", "at-least-once", 0.0),
+    Case("array", "effectively-once", 0.0),
+)
+SETTLE_S = 0.5
 
 
 def ceilings(root: Path, fake_url: str, seconds: float) -> tuple[float, float]:
@@ -135,12 +161,15 @@ def main() -> None:
             f"stand-in ceiling (wrk straight to it): single {single_ceiling:,.0f} req/s "
             f"(64 conns); arrays of 500 {array_ceiling:,.0f} records/s (8 conns)"
         )
-        header = ("mode", "records", "records/s", "CPU s/10k", "ceiling", "ratio")
-        print("\n" + " ".join(f"{h:>10}" for h in header))
-        for mode, ceiling in (("single", single_ceiling), ("array", array_ceiling)):
-            rate, cpu = drain(root, fake_url, mode, args.records)
-            cells = (mode, f"{args.records:,}", f"{rate:,.0f}", f"{cpu:.2f}", f"{ceiling:,.0f}")
-            print(" ".join(f"{c:>10}" for c in cells) + f" {rate / ceiling:>10.2f}")
+        header = ("mode", "delivery", "unknown", "records/s", "CPU s/10k", "ceiling", "ratio")
+        print(f"\nunknown_settle_s = {SETTLE_S}; {args.records:,} records per row")
+        print(" ".join(f"{h:>16}" for h in header))
+        for case in CASES:
+            ceiling = single_ceiling if case.mode == "single" else array_ceiling
+            rate, cpu = drain(root, fake_url, case, args.records)
+            cells = (case.mode, case.delivery, f"{case.unknown_rate:.0%}", f"{rate:,.0f}")
+            cells += (f"{cpu:.2f}", f"{ceiling:,.0f}", f"{rate / ceiling:.2f}")
+            print(" ".join(f"{c:>16}" for c in cells))
     finally:
         fake.terminate()
         fake.wait(timeout=30)

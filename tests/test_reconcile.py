@@ -7,7 +7,7 @@ from pathlib import Path
 
 from agent import ledger
 from agent.cli import main
-from agent.testing.fake_paigo import FakePaigo, Received
+from agent.testing.fake_paigo import FakePaigo
 from tests.conftest import AgentFactory, delivering, eventually, record
 from tests.integration.agent_process import write_config
 
@@ -32,8 +32,8 @@ async def test_reconcile_reports_a_deleted_and_a_doubled_record(
 
     by_value = {r.record["recordValue"]: r for r in paigo.received}
     deleted, doubled = by_value["5"], by_value["7"]
-    paigo.received.remove(deleted)
-    paigo.received.append(Received(dict(doubled.record), False, 0.0))
+    paigo.delete(deleted)
+    paigo.duplicate(doubled)
     assert await asyncio.to_thread(main, args + window) == 1
     out = capsys.readouterr().out
     deleted_id = deleted.record["metadata"]["usageAgentRecordId"]

@@ -104,6 +104,7 @@ class FakePaigo:
         self.token_ttl_s = token_ttl_s
         self.faults = Faults()
         self.received: list[Received] = []
+        self._by_customer: dict[str, list[Received]] = {}
         self.tokens: dict[str, float] = {}  # token -> expiry (Unix time)
         self.token_requests = 0
         self.usage_requests: Counter[int] = Counter()  # per second (Unix time, floored)
@@ -237,9 +238,9 @@ class FakePaigo:
             return _json(400, {"message": "startTime and endTime must be RFC 3339"})
         customer = request.match_info["customerId"]
         by_dimension: dict[str, list[dict[str, Any]]] = {}
-        for received in self.received:
+        for received in self._by_customer.get(customer, []):
             record = received.record
-            if record["customerId"] != customer or not start <= _instant(record["timestamp"]) < end:
+            if not start <= _instant(record["timestamp"]) < end:
                 continue
             by_dimension.setdefault(record["dimensionId"], []).append(
                 {
@@ -262,8 +263,21 @@ class FakePaigo:
             return 400
         if record["customerId"] in self.faults.unknown_customers:
             return 404
-        self.received.append(Received(record, invoice, time.time()))
+        self._keep(Received(record, invoice, time.time()))
         return 200
+
+    def _keep(self, received: Received) -> None:
+        self.received.append(received)
+        self._by_customer.setdefault(received.record["customerId"], []).append(received)
+
+    def delete(self, received: Received) -> None:
+        """Lose a stored record behind the agent's back (for reconcile tests)."""
+        self.received.remove(received)
+        self._by_customer[received.record["customerId"]].remove(received)
+
+    def duplicate(self, received: Received) -> None:
+        """Store a record a second time behind the agent's back."""
+        self._keep(Received(dict(received.record), received.invoice, time.time()))
 
     async def _set_faults(self, request: web.Request) -> web.Response:
         changes = orjson.loads(await request.read())
@@ -281,6 +295,7 @@ class FakePaigo:
 
     async def _reset(self, request: web.Request) -> web.Response:
         self.received.clear()
+        self._by_customer.clear()
         self.usage_requests.clear()
         self.statuses.clear()
         return _json(200, {"ok": True})
