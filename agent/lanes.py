@@ -13,6 +13,7 @@ Pure bookkeeping: no I/O, no clock of its own (times are passed in).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -67,6 +68,27 @@ class Lanes(Generic[T]):
             self._offer(lane, now)
             return lane, item
         return None
+
+    def fill(
+        self,
+        taken: list[tuple[Lane[T], T]],
+        now: float,
+        max_items: int,
+        max_size: int,
+        size_of: Callable[[T], int],
+    ) -> list[tuple[Lane[T], T]]:
+        """Add items of unordered lanes to `taken`, in turn, while they fit the limits."""
+        size = sum(size_of(item) for _, item in taken)
+        while len(taken) < max_items:
+            more = self.take(now, unordered_only=True)
+            if more is None:
+                break
+            size += size_of(more[1])
+            if size > max_size:
+                self.put_back(more[0], more[1], now)
+                break
+            taken.append(more)
+        return taken
 
     def done(self, lane: Lane[T], now: float) -> None:
         """The item taken from `lane` is finished (delivered or dead-lettered)."""

@@ -19,7 +19,9 @@ Two parts, both under `spool.dir`:
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +32,8 @@ import orjson
 
 from agent.config import SpoolConfig
 from agent.spool import Spool
+
+log = logging.getLogger(__name__)
 
 DELIVERED: Final = "delivered.jsonl"
 DELIVERED_OLD: Final = "delivered.1.jsonl"
@@ -46,6 +50,7 @@ class Ledger:
         self.maybe_sent: set[int] = set()
         self._max_bytes = max_bytes
         self._delivered_lock = asyncio.Lock()
+        self._pending: list[dict[str, object]] = []
 
     async def start(self) -> None:
         self._marks.open()
@@ -73,8 +78,33 @@ class Ledger:
             self._marks.ack(done)
             self.maybe_sent = {seq for seq in self.maybe_sent if seq >= cursor}
 
-    async def delivered(self, lines: list[dict[str, object]]) -> None:
-        """Append records delivered upstream to the deliveries file (no fsync)."""
+    def note(self, delivered: list[tuple[str, dict[str, object]]]) -> None:
+        """Records (stable id, fields) delivered upstream, for the next `flush`."""
+        at = time.time()
+        self._pending.extend(
+            {
+                "k": rid,
+                "c": fields["customerId"],
+                "d": fields["dimensionId"],
+                "t": fields["timestamp"],
+                "v": fields["recordValue"],
+                "at": at,
+            }
+            for rid, fields in delivered
+        )
+
+    async def flush(self) -> None:
+        """Append what `note` collected to the deliveries file (an audit trail: a write
+        error is logged and delivery goes on)."""
+        lines, self._pending = self._pending, []
+        if not lines:
+            return
+        try:
+            await self._append(lines)
+        except OSError as exc:
+            log.error("could not write the deliveries file: %s", exc)
+
+    async def _append(self, lines: list[dict[str, object]]) -> None:
         data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
         path = self.dir / DELIVERED
         async with self._delivered_lock:

@@ -10,9 +10,11 @@
   data. A record leaves the agent in exactly two ways: a 2xx (acknowledged in the spool),
   or a permanent refusal of that record (400, 422, or 413 for one record; written durably
   to the dead-letter file first, then acknowledged). Any other answer keeps the record.
-* At-least-once: a crash re-sends what was in flight and not yet acknowledged, so
-  duplicates are bounded by `upstream.concurrency` requests (times the batch size in
-  array mode) plus the acknowledgements of the last `spool.cursor_interval_ms`.
+* `upstream.delivery = "effectively-once"` (default): a record is marked in the ledger
+  before its first send, and a send with an unknown outcome is resolved by asking Paigo
+  before any resend (`agent.recheck`). `"at-least-once"`: a crash or an unknown outcome
+  re-sends, so duplicates are bounded by `upstream.concurrency` requests (times the batch
+  size in array mode) plus the acknowledgements of the last `spool.cursor_interval_ms`.
 """
 
 from __future__ import annotations
@@ -22,10 +24,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
-import orjson
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -38,10 +38,10 @@ from agent.auth import TokenError, TokenManager
 from agent.config import RetryConfig, UpstreamConfig
 from agent.deadletter import DeadLetter, DeadLetterFile
 from agent.gate import Gate
-from agent.lanes import Lane, LaneKey, Lanes
+from agent.item import Item, make_item, stable_id
+from agent.lanes import Lane, Lanes
 from agent.ledger import Ledger
 from agent.recheck import Resolver
-from agent.records import Envelope, decode_envelope
 from agent.spool import Spool
 from agent.uplink import Outcome, Reply, Uplink
 
@@ -53,34 +53,6 @@ IDLE_POLL_S: Final = 0.05
 
 class _SendAgain(Exception):
     """This send did not deliver; tenacity waits and tries again."""
-
-
-@dataclass(slots=True)
-class Item:
-    seq: int
-    envelope: Envelope
-    fields: dict[str, object]  # the record as the app sent it, parsed once
-    body: bytes  # the JSON sent upstream for this record
-    rid: str = ""  # the stable id sent in metadata ("" when no id key is configured)
-    attempts: int = 0
-    fresh_token_tried: bool = False
-    held: bool = False  # a worker has it (between take and finish or put-back)
-    unknown_since: float | None = None  # effectively-once: its last outcome is unknown
-    marked: bool = False  # effectively-once: noted in the ledger as possibly sent
-
-    @property
-    def record_id(self) -> str:
-        return self.rid
-
-    def record(self) -> dict[str, object]:
-        return self.fields
-
-
-@dataclass(frozen=True, slots=True)
-class SenderCounters:
-    delivered: int
-    dead_lettered: int
-    requests: int
 
 
 class Sender:
@@ -110,7 +82,6 @@ class Sender:
             if upstream.delivery == "effectively-once"
             else None
         )
-        self._deliveries: list[dict[str, object]] = []
         self._lanes: Lanes[Item] = Lanes()
         self._ordered_dims = frozenset(upstream.ordered_dimensions)
         self._id_key = upstream.id_key
@@ -150,7 +121,7 @@ class Sender:
         for task in workers:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._flush_deliveries()
+        await self._ledger.flush()
         if self.gate.in_flight:
             log.warning(
                 "abandoned %d sends at shutdown; they will be sent again", self.gate.in_flight
@@ -161,16 +132,8 @@ class Sender:
         """Write the deliveries file and drop ledger marks behind the persisted cursor."""
         while True:
             await asyncio.sleep(0.2)
-            await self._flush_deliveries()
+            await self._ledger.flush()
             self._ledger.forget_through(self._spool.saved_cursor)
-
-    async def _flush_deliveries(self) -> None:
-        lines, self._deliveries = self._deliveries, []
-        if lines:
-            try:
-                await self._ledger.delivered(lines)
-            except OSError as exc:  # an audit trail, not the records: keep delivering
-                log.error("could not write the deliveries file: %s", exc)
 
     # --- reading from the spool -----------------------------------------------------------
 
@@ -196,24 +159,11 @@ class Sender:
             self._work.set()
 
     def _admit(self, seq: int, payload: bytes, now: float) -> None:
-        envelope = decode_envelope(payload)
-        record = envelope.record()
-        customer, dimension = str(record["customerId"]), str(record["dimensionId"])
-        item = Item(seq, envelope, record, envelope.record_json)
-        if self._id_key:
-            item.rid = self._record_id(seq, envelope)
-            metadata = dict(record.get("metadata") or {})  # type: ignore[call-overload]
-            metadata[self._id_key] = item.rid
-            item.body = orjson.dumps({**record, "metadata": metadata})
+        agent_id = self._spool.record_id(seq) if self._id_key else ""
+        key, item = make_item(seq, payload, agent_id, self._id_key, self._ordered_dims)
         if self._resolver is not None and self._resolver.starts_unknown(seq):
             item.unknown_since, item.marked = now, True
-        ordered = envelope.invoice or dimension in self._ordered_dims
-        key: LaneKey = (customer, dimension, ordered)
         self._lanes.add(key, item, now)
-
-    def _record_id(self, seq: int, envelope: Envelope) -> str:
-        """The record's stable id: the app's idempotency key for it, else the agent's id."""
-        return envelope.key or self._spool.record_id(seq)
 
     async def _unreadable(self, seq: int, payload: bytes, exc: Exception) -> None:
         """An entry that is not a readable envelope (a bug, or a newer agent's format):
@@ -266,20 +216,16 @@ class Sender:
 
     def _fill_batch(self, taken: list[tuple[Lane[Item], Item]]) -> list[tuple[Lane[Item], Item]]:
         """In array mode, add unordered records up to the batch limits."""
-        if self._config.mode != "array" or taken[0][0].ordered:
+        config = self._config
+        if config.mode != "array" or taken[0][0].ordered:
             return taken
-        now = self._clock()
-        size = sum(len(item.body) + 1 for _, item in taken)
-        while len(taken) < self._config.batch_max_records:
-            more = self._lanes.take(now, unordered_only=True)
-            if more is None:
-                break
-            size += len(more[1].body) + 1
-            if size > self._config.batch_max_bytes:
-                self._lanes.put_back(more[0], more[1], now)
-                break
-            taken.append(more)
-        return taken
+        return self._lanes.fill(
+            taken,
+            self._clock(),
+            config.batch_max_records,
+            config.batch_max_bytes,
+            lambda item: len(item.body) + 1,
+        )
 
     async def _linger(self, taken: list[tuple[Lane[Item], Item]]) -> list[tuple[Lane[Item], Item]]:
         """A batch that is not full waits `upstream.linger_ms` once for more records."""
@@ -462,21 +408,8 @@ class Sender:
         return []
 
     def _note_deliveries(self, batch: list[tuple[Lane[Item], Item]]) -> None:
-        if not self._id_key:
-            return  # without a stable id upstream there is nothing to reconcile by
-        at = time.time()
-        for _, item in batch:
-            record = item.envelope.record()
-            self._deliveries.append(
-                {
-                    "k": item.rid,
-                    "c": record["customerId"],
-                    "d": record["dimensionId"],
-                    "t": record["timestamp"],
-                    "v": record["recordValue"],
-                    "at": at,
-                }
-            )
+        if self._id_key:  # without a stable id upstream there is nothing to reconcile by
+            self._ledger.note([(item.rid, item.fields) for _, item in batch])
 
     def _finish(self, batch: list[tuple[Lane[Item], Item]], now: float) -> None:
         self._spool.ack(item.seq for _, item in batch)
@@ -487,7 +420,7 @@ class Sender:
     async def _dead_letter(self, batch: list[tuple[Lane[Item], Item]], reply: Reply) -> None:
         letters = [
             DeadLetter(
-                self._record_id(item.seq, item.envelope),
+                stable_id(item.envelope, self._spool.record_id(item.seq)),
                 item.fields,
                 item.envelope.invoice,
                 reply.status,

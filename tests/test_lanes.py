@@ -56,3 +56,16 @@ def test_unordered_only_skips_ordered_lanes():
     assert lanes.take(0, unordered_only=True)[1] == "free"  # type: ignore[index]
     assert lanes.take(0, unordered_only=True) is None
     assert lanes.take(0)[1] == "ordered"  # type: ignore[index]
+
+
+def test_a_batch_is_filled_from_unordered_lanes_within_its_limits():
+    lanes: Lanes[str] = Lanes()
+    for n in range(10):
+        lanes.add((f"c{n % 3}", "d", False), "x" * 10, now=0)
+    lanes.add(("o", "d", True), "ordered", now=0)
+    first = lanes.take(0, unordered_only=True)
+    assert first is not None
+    batch = lanes.fill([first], 0, max_items=100, max_size=45, size_of=len)
+    assert len(batch) == 4  # 4 x 10 fit in 45, a fifth does not
+    assert all(lane.key[0] != "o" for lane, _ in batch)
+    assert lanes.buffered == 11  # the fifth went back
