@@ -1,0 +1,48 @@
+"""The delivery ledger: marks survive a restart until the cursor passes; deliveries file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.config import SpoolConfig
+from agent.ledger import DELIVERED_OLD, Ledger, read_deliveries
+
+
+def fields(n: int) -> dict[str, object]:
+    return {
+        "customerId": "c",
+        "dimensionId": "d",
+        "timestamp": "2026-01-01T00:00:00Z",
+        "recordValue": str(n),
+    }
+
+
+async def test_marks_survive_a_restart_and_are_forgotten_behind_the_cursor(tmp_path: Path):
+    config = SpoolConfig(dir=str(tmp_path), min_free_bytes=0)
+    ledger = Ledger(config, 1 << 20)
+    await ledger.start()
+    await ledger.mark([1, 2, 3])
+    await ledger.mark([4])
+    await ledger.stop()
+
+    again = Ledger(config, 1 << 20)
+    await again.start()
+    assert again.maybe_sent == {1, 2, 3, 4}
+    again.forget_through(4)  # records 1..3 are behind the persisted cursor
+    assert again.maybe_sent == {4}
+    await again.stop()
+
+
+async def test_deliveries_are_appended_rotated_and_read_back_in_order(tmp_path: Path):
+    ledger = Ledger(SpoolConfig(dir=str(tmp_path), min_free_bytes=0), 4000)
+    await ledger.start()
+    for n in range(40):
+        ledger.note([(f"id-{n}", fields(n))])
+        await ledger.flush()
+    await ledger.stop()
+    assert (tmp_path / DELIVERED_OLD).exists()  # rotated past half of 4000 bytes
+    read = list(read_deliveries(tmp_path))
+    keys = [line["k"] for line in read]
+    assert keys == sorted(keys, key=lambda k: int(str(k)[3:]))  # oldest first
+    assert keys[-1] == "id-39"
+    assert read[-1]["v"] == "39" and read[-1]["c"] == "c"
