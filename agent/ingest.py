@@ -106,9 +106,8 @@ async def post_usage(request: web.Request) -> web.Response:
         response = await _ingest(request, state)
     except Refused as refused:
         response = json_response(refused.status, refused.body, refused.headers)
-        state.metrics.reject(refused.reason, refused.records)
-    state.metrics.count_request(response.status)
-    state.metrics.request_seconds.observe(time.perf_counter() - started)
+        state.metrics.ingest.rejected[refused.reason] += refused.records
+    state.metrics.ingest.answered(response.status, time.perf_counter() - started)
     return response
 
 
@@ -165,7 +164,7 @@ async def _store(state: IngestState, objs: list[object], invoice: bool, key: str
         raise _unavailable(state, 507, "spool_full", str(exc), records=len(objs)) from None
     except SpoolError as exc:
         raise _unavailable(state, 503, "spool_unavailable", str(exc), records=len(objs)) from None
-    state.metrics.records_accepted.inc(len(payloads))
+    state.metrics.ingest.accepted += len(payloads)
     body = {"accepted": len(payloads), "ids": [state.spool.record_id(s) for s in seqs]}
     return Answer(202, orjson.dumps(body))
 

@@ -6,10 +6,18 @@ it at scrape time by a collector, so they are never stale and never double-booke
 
 from __future__ import annotations
 
+import bisect
+import itertools
+from collections import Counter as TallyCounter
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from agent.spool import Spool
@@ -23,30 +31,8 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.records_accepted = Counter(
-            "usage_agent_records_accepted_total",
-            "Records stored durably and acknowledged to the app.",
-            registry=registry,
-        )
-        self.records_rejected = Counter(
-            "usage_agent_records_rejected_total",
-            "Records refused at ingest, by reason; none of them was stored.",
-            ["reason"],
-            registry=registry,
-        )
-        self.requests = Counter(
-            "usage_agent_ingest_requests_total",
-            "Ingest HTTP requests by status code.",
-            ["status"],
-            registry=registry,
-        )
-        self._requests_by_status: dict[int, Counter] = {}
-        self.request_seconds = Histogram(
-            "usage_agent_ingest_request_seconds",
-            "Time from a POST /usage request's arrival to its answer.",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
+        self.ingest = IngestCounts()
+        registry.register(_IngestCollector(self.ingest))
         self.fsync_seconds = Histogram(
             "usage_agent_spool_fsync_seconds",
             "Latency of one fdatasync of the spool.",
@@ -87,20 +73,63 @@ class Metrics:
     def committed(self, records: int) -> None:
         self.records_per_commit.observe(records)
 
-    def count_request(self, status: int) -> None:
-        child = self._requests_by_status.get(status)
-        if child is None:
-            child = self._requests_by_status[status] = self.requests.labels(str(status))
-        child.inc()
-
-    def reject(self, reason: str, records: int = 1) -> None:
-        self.records_rejected.labels(reason).inc(records)
-
     def watch_spool(self, spool: Spool, oldest_age: Callable[[], float | None]) -> None:
         self.registry.register(_SpoolCollector(spool, oldest_age))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class IngestCounts:
+    """Ingest's counters as plain numbers: the hot path only adds (no locks, no label
+    lookups); the collector turns them into metrics at scrape time."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.rejected: TallyCounter[str] = TallyCounter()
+        self.requests: TallyCounter[int] = TallyCounter()
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        self.latency_sum = 0.0
+
+    def answered(self, status: int, seconds: float) -> None:
+        self.requests[status] += 1
+        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+
+class _IngestCollector(Collector):
+    def __init__(self, counts: IngestCounts) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[Metric]:
+        counts = self._counts
+        yield CounterMetricFamily(
+            "usage_agent_records_accepted",
+            "Records stored durably and acknowledged to the app.",
+            value=counts.accepted,
+        )
+        rejected = CounterMetricFamily(
+            "usage_agent_records_rejected",
+            "Records refused at ingest, by reason; none of them was stored.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(counts.rejected.items()):
+            rejected.add_metric([reason], n)
+        yield rejected
+        requests = CounterMetricFamily(
+            "usage_agent_ingest_requests", "Ingest HTTP requests by status code.", labels=["status"]
+        )
+        for status, n in sorted(counts.requests.items()):
+            requests.add_metric([str(status)], n)
+        yield requests
+        cumulative = list(itertools.accumulate(counts.latency_buckets))
+        bounds = [str(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+        yield HistogramMetricFamily(
+            "usage_agent_ingest_request_seconds",
+            "Time from a POST /usage request's arrival to its answer.",
+            buckets=list(zip(bounds, cumulative, strict=True)),
+            sum_value=counts.latency_sum,
+        )
 
 
 class _SpoolCollector(Collector):

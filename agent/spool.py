@@ -194,9 +194,11 @@ class Spool:
             raise SpoolError(f"spool is not writable: {self._broken}")
         if self._closing:
             raise SpoolError("spool is closing")
-        size = sum(len(p) for p in payloads) + fmt.FRAME_HEADER_SIZE * len(payloads)
-        if any(len(p) > fmt.MAX_PAYLOAD_BYTES for p in payloads):
-            raise SpoolError(f"a payload is over {fmt.MAX_PAYLOAD_BYTES} bytes")
+        size = fmt.FRAME_HEADER_SIZE * len(payloads)
+        for payload in payloads:
+            if len(payload) > fmt.MAX_PAYLOAD_BYTES:
+                raise SpoolError(f"a payload is over {fmt.MAX_PAYLOAD_BYTES} bytes")
+            size += len(payload)
         self._check_space(size)
         future: asyncio.Future[range] = asyncio.get_running_loop().create_future()
         self._pending.append((payloads, future))
