@@ -239,7 +239,7 @@ FLAG_INVOICE: Final = 0x01
 _ENVELOPE_HEAD = struct.Struct("<BBQH")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs twice as much, per record
 class Envelope:
     """A record as the spool holds it: its JSON bytes plus what the agent adds."""
 

@@ -68,7 +68,7 @@ def crc32c(data: bytes | memoryview, value: int = 0) -> int:
     return result
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs twice as much, per record
 class Frame:
     seq: int
     payload: bytes

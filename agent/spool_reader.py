@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 READ_CHUNK: Final = 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs twice as much, per record
 class Entry:
     seq: int
     payload: bytes
