@@ -83,11 +83,17 @@ class Lanes(Generic[T]):
             more = self.take(now, unordered_only=True)
             if more is None:
                 break
-            size += size_of(more[1])
-            if size > max_size:
-                self.put_back(more[0], more[1], now)
-                break
-            taken.append(more)
+            lane, item = more
+            while True:  # the rest of this lane's run at once: one turn, not one per item
+                size += size_of(item)
+                if size > max_size:
+                    self.put_back(lane, item, now)
+                    return taken
+                taken.append((lane, item))
+                if len(taken) >= max_items or not lane.items:
+                    break
+                item = lane.items.popleft()
+                lane.in_flight += 1
         return taken
 
     def done(self, lane: Lane[T], now: float) -> None:

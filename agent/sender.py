@@ -323,16 +323,13 @@ class Sender:
         for item in items:
             item.attempts += 1
         self.last_result = {"status": reply.status, "error": reply.error, "at": time.time()}
-        outcomes = reply.per_record(len(items)) if is_array else None
-        if outcomes is None:
+        statuses = reply.per_record(len(items)) if is_array else None
+        if statuses is None or all(200 <= status < 300 for status in statuses):
             return await self._settle(batch, reply, token)
-        delivered = [
-            pair for pair, o in zip(batch, outcomes, strict=True) if o is Outcome.DELIVERED
-        ]
+        delivered = [p for p, status in zip(batch, statuses, strict=True) if 200 <= status < 300]
         rest = await self._settle(delivered, reply, token) if delivered else []
-        for pair, outcome in zip(batch, outcomes, strict=True):
-            if outcome is not Outcome.DELIVERED:
-                status = _STATUS_OF.get(outcome, 500)
+        for pair, status in zip(batch, statuses, strict=True):
+            if not 200 <= status < 300:
                 rest += await self._settle([pair], Reply(status, reply.body), token)
         return rest
 
@@ -457,14 +454,3 @@ class Sender:
             "duplicates_prevented": self._resolver.duplicates_prevented if self._resolver else 0,
             "last_result": self.last_result,
         }
-
-
-_STATUS_OF: Final = {  # a representative HTTP status for a per-record outcome in an array
-    Outcome.DELIVERED: 200,
-    Outcome.REJECTED: 400,
-    Outcome.UNAUTHORIZED: 401,
-    Outcome.FORBIDDEN: 403,
-    Outcome.NOT_FOUND: 404,
-    Outcome.TOO_LARGE: 413,
-    Outcome.PERMANENT: 409,
-}

@@ -96,8 +96,8 @@ class Reply:
     def outcome(self) -> Outcome:
         return Outcome.TRANSIENT if self.status == 0 else classify(self.status, self.retry_after)
 
-    def per_record(self, count: int) -> list[Outcome] | None:
-        """Per-record outcomes of a 2xx array answer that lists them, else None."""
+    def per_record(self, count: int) -> list[int] | None:
+        """Per-record statuses of a 2xx array answer that lists them, else None."""
         if not 200 <= self.status < 300 or not self.body:
             return None
         try:
@@ -105,7 +105,7 @@ class Reply:
             statuses = [int(item["status"]) for item in results]
         except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError):
             return None
-        return [classify(s) for s in statuses] if len(statuses) == count else None
+        return statuses if len(statuses) == count else None
 
 
 class Uplink:
