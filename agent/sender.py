@@ -171,7 +171,11 @@ class Sender:
         letter = DeadLetter(
             self._spool.record_id(seq), {"raw": payload.hex()}, False, 0, f"unreadable: {exc}", 0
         )
-        await self._dead.append([letter])
+        try:
+            await self._dead.append([letter])
+        except OSError as error:  # kept unacknowledged: read again after a restart
+            log.error("spool entry %d is unreadable and could not be dead-lettered: %s", seq, error)
+            return
         self._spool.ack([seq])
         log.error("spool entry %d is not a readable record: dead-lettered as is", seq)
 
