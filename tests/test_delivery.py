@@ -237,3 +237,18 @@ async def test_a_status_that_is_no_records_fault_keeps_everything(
     assert not deadletter.path_in(agent.service.spool.dir).exists()
     paigo.fail_next(0)
     await eventually(lambda: len(paigo.records) >= 30, timeout=30, what="delivery after the fix")
+
+
+async def test_an_unreadable_spool_entry_is_dead_lettered_as_is_and_the_rest_flows(
+    start_agent: AgentFactory, paigo: FakePaigo
+):
+    agent = await start_agent(**delivering(paigo))
+    await agent.service.spool.append([b"\x09not an envelope"])
+    await post_all(agent, [record(n) for n in range(10)])
+    await eventually(lambda: len(paigo.records) >= 10, what="the readable ones")
+    path = deadletter.path_in(agent.service.spool.dir)
+    await eventually(lambda: path.exists(), what="the dead letter")
+    [letter] = list(deadletter.read(path))
+    assert letter["record"] == {"raw": b"\x09not an envelope".hex()}
+    assert "unreadable" in str(letter["body"])
+    await eventually(lambda: agent.service.spool.backlog == 0, what="all acknowledged")
