@@ -247,7 +247,7 @@ async def test_an_unreadable_spool_entry_is_dead_lettered_as_is_and_the_rest_flo
     await post_all(agent, [record(n) for n in range(10)])
     await eventually(lambda: len(paigo.records) >= 10, what="the readable ones")
     path = deadletter.path_in(agent.service.spool.dir)
-    await eventually(lambda: path.exists(), what="the dead letter")
+    await eventually(path.exists, what="the dead letter")
     [letter] = list(deadletter.read(path))
     assert letter["record"] == {"raw": b"\x09not an envelope".hex()}
     assert "unreadable" in str(letter["body"])
