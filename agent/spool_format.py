@@ -111,6 +111,25 @@ def decode_frame(buf: bytes, pos: int) -> Frame | None:
     return Frame(seq, buf[end_of_header:end], pos, end)
 
 
+def decode_run(buf: bytes, pos: int, seq: int, max_count: int) -> tuple[list[bytes], int]:
+    """The payloads of the valid frames from `pos` on whose seqs are `seq`, `seq`+1, ...,
+    up to `max_count`, and where they end: the reader's fast path. It stops, without
+    judging, at the first frame that is not whole, valid and next in sequence."""
+    payloads: list[bytes] = []
+    view = memoryview(buf)
+    size, unpack, crc = len(buf), FRAME_HEADER.unpack_from, _crc32c.crc32c
+    while len(payloads) < max_count and pos + FRAME_HEADER_SIZE <= size:
+        magic, checksum, length, frame_seq = unpack(buf, pos)
+        end = pos + FRAME_HEADER_SIZE + length
+        if magic != FRAME_MAGIC or frame_seq != seq or end > size or length > MAX_PAYLOAD_BYTES:
+            break
+        if crc(view[pos + 8 : end]) != checksum:
+            break
+        payloads.append(buf[pos + FRAME_HEADER_SIZE : end])
+        pos, seq = end, seq + 1
+    return payloads, pos
+
+
 def next_valid_frame(buf: bytes, pos: int) -> int | None:
     """The first offset after `pos` where a whole valid frame lies in `buf`, or None."""
     candidate = buf.find(FRAME_MAGIC, pos + 1)

@@ -92,6 +92,11 @@ class SpoolReader:
         positions: dict[int, tuple[int, int]] = {}
         taken = 0
         while len(entries) < max_records and taken < max_bytes and self.seq < view.durable_seq:
+            taken += self._read_run(
+                entries, positions, max_records - len(entries), max_bytes - taken
+            )
+            if len(entries) >= max_records or taken >= max_bytes:
+                break
             index = bisect.bisect_right(view.firsts, self.segment) - 1
             is_active = index == len(view.firsts) - 1
             frame = self._next_frame(view.durable_offset if is_active else None)
@@ -112,6 +117,30 @@ class SpoolReader:
             self.offset = end
         self.stats.lost_records += len(lost)
         return ReadResult(entries, lost, positions)
+
+    def _read_run(
+        self,
+        entries: list[Entry],
+        positions: dict[int, tuple[int, int]],
+        most: int,
+        budget: int,
+    ) -> int:
+        """The fast path: whole, valid, consecutive frames already in the buffer, while
+        `budget` payload bytes are not yet taken; the bytes taken. Anything else is left
+        to the careful path."""
+        rel = self.offset - self._buf_base
+        payloads, _ = fmt.decode_run(self._buf, rel, self.seq, most)
+        offset, segment, seq, taken = self.offset, self.segment, self.seq, 0
+        for payload in payloads:
+            if taken >= budget:
+                break
+            positions[seq] = (segment, offset)
+            entries.append(Entry(seq, payload))
+            offset += fmt.FRAME_HEADER_SIZE + len(payload)
+            taken += len(payload)
+            seq += 1
+        self.seq, self.offset = seq, offset
+        return taken
 
     def _next_frame(self, limit: int | None) -> fmt.Frame | None:
         """The valid frame at or after self.offset (self.offset then points at it; the

@@ -78,3 +78,14 @@ def test_the_cursor_round_trips_and_its_hint_is_optional():
 def test_a_cursor_of_another_version_or_shape_is_refused(data: bytes):
     with pytest.raises(ValueError):
         fmt.decode_cursor(data)
+
+
+def test_a_run_of_frames_stops_at_the_first_frame_it_cannot_vouch_for():
+    good = fmt.encode_frames(5, [b"a", b"b", b"c"])
+    assert fmt.decode_run(good, 0, 5, 10) == ([b"a", b"b", b"c"], len(good))
+    assert fmt.decode_run(good, 0, 5, 2)[0] == [b"a", b"b"]
+    assert fmt.decode_run(good, 0, 4, 10) == ([], 0)  # not the seq expected
+    assert fmt.decode_run(good[:-1], 0, 5, 10)[0] == [b"a", b"b"]  # the last one is cut
+    damaged = bytearray(good)
+    damaged[len(fmt.encode_frame(5, b"a")) + fmt.FRAME_HEADER_SIZE] ^= 1
+    assert fmt.decode_run(bytes(damaged), 0, 5, 10)[0] == [b"a"]
