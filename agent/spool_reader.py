@@ -1,7 +1,7 @@
 """Reading the spool: frames handed out once each, in order, with damage set aside.
 
-The reader runs in the spool's read thread and sees only what the spool tells it is
-durable (`ReadView`). A damaged frame is copied to `quarantine/`, its sequence numbers are
+The reader runs on the event loop and sees only what the spool tells it is durable
+(`ReadView`). A damaged frame is copied to `quarantine/`, its sequence numbers are
 reported as lost, and reading resumes at the next valid frame. A segment that vanished is
 taken as consumed.
 """
@@ -19,7 +19,7 @@ from agent.fsio import write_atomically
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK: Final = 1024 * 1024
+READ_CHUNK: Final = 256 * 1024  # bounds one read's blocking of the event loop
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs twice as much, per record
