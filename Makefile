@@ -27,8 +27,13 @@ test: lint typecheck unit
 demo: $(STAMP)
 	$(BIN)/python -m agent.demo
 
+# The HTTP benchmarks drive wrk (Debian: apt-get install wrk).
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/codec.py
 	$(BIN)/python bench/spool.py
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/drain.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -31,6 +31,8 @@ import aiofiles
 import aiofiles.os
 import orjson
 
+from agent.fsio import complete_lines
+
 MAX_BODY_CHARS: Final = 4096
 FILE_NAME: Final = "deadletter.jsonl"
 
@@ -79,12 +81,8 @@ class DeadLetterFile:
 
 def read(path: Path) -> Iterator[dict[str, object]]:
     """Every dead letter in the file (a torn last line, from a crash, is skipped)."""
-    if not path.exists():
-        return
-    with path.open("rb") as handle:
-        for line in handle:
-            if line.endswith(b"\n"):
-                yield orjson.loads(line)
+    for line in complete_lines(path):
+        yield orjson.loads(line)
 
 
 def purge(path: Path) -> int:

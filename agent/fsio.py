@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -42,3 +43,14 @@ def truncate_durably(path: Path, size: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def complete_lines(path: Path) -> Iterator[bytes]:
+    """The lines of an append-only file that were written whole: a last line without its
+    newline (a write cut by a crash) is skipped. Nothing if the file does not exist."""
+    if not path.exists():
+        return
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.endswith(b"\n"):
+                yield line

@@ -31,6 +31,7 @@ import aiofiles
 import orjson
 
 from agent.config import SpoolConfig
+from agent.fsio import complete_lines
 from agent.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -118,10 +119,5 @@ class Ledger:
 def read_deliveries(spool_dir: str | Path) -> Iterator[dict[str, object]]:
     """Every delivery the files hold, oldest first (a torn last line is skipped)."""
     for name in (DELIVERED_OLD, DELIVERED):
-        path = Path(spool_dir) / name
-        if not path.exists():
-            continue
-        with path.open("rb") as handle:
-            for line in handle:
-                if line.endswith(b"\n"):
-                    yield orjson.loads(line)
+        for line in complete_lines(Path(spool_dir) / name):
+            yield orjson.loads(line)

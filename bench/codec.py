@@ -8,21 +8,19 @@ the ceiling-free baseline measured in the same run).
 from __future__ import annotations
 
 import json
+import sys
 import timeit
 import zlib
+from pathlib import Path
 
 import crc32c
 import google_crc32c
 import msgspec
 import orjson
 
-RECORD = {
-    "timestamp": "2026-11-25T16:20:49.123Z",
-    "customerId": "cust-0001-abcdef",
-    "dimensionId": "dim-api-calls",
-    "recordValue": "12.5",
-    "metadata": {"region": "eu-west-1", "node": "ip-10-0-0-1"},
-}
+sys.path.insert(0, str(Path(__file__).parent))
+from ingest import RECORD  # bench/ingest.py: one record for every benchmark
+
 BODY = json.dumps(RECORD).encode()
 ARRAY = json.dumps([RECORD] * 1000).encode()
 PAYLOAD = BODY * 4

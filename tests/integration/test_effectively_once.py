@@ -37,20 +37,21 @@ def counts(fake: FakePaigo) -> Counter[str]:
     return Counter(str(r["recordValue"]) for r in fake.records)
 
 
-def start(tmp_path: Path, fake: FakePaigo, delivery: str) -> AgentProcess:
+def start(tmp_path: Path, fake: FakePaigo, delivery: str, records: int) -> AgentProcess:
+    """An agent delivering to `fake`, holding `records` accepted records."""
     sections = delivering_to(fake, delivery=delivery, unknown_settle_s=0.05, concurrency=16)
-    return AgentProcess(tmp_path, **sections)
+    agent = AgentProcess(tmp_path, **sections).start()
+    accepted = [record(n) for n in range(records)]
+    for first in range(0, records, 500):
+        assert agent.post(accepted[first : first + 500])[0] == 202
+    return agent
 
 
 def test_every_record_arrives_exactly_once_through_faults_and_three_kills(
     tmp_path: Path, faulty_paigo: FakePaigo, agents: list[AgentProcess]
 ):
-    agent = start(tmp_path, faulty_paigo, "effectively-once")
+    agent = start(tmp_path, faulty_paigo, "effectively-once", 5000)
     agents.append(agent)
-    agent.start()
-    accepted = [record(n) for n in range(5000)]
-    for first in range(0, 5000, 500):
-        assert agent.post(accepted[first : first + 500])[0] == 202
     prevented = 0
     for kill_at in (800, 2000, 3200):
         wait_until(lambda at=kill_at: len(faulty_paigo.records) >= at, timeout=60)  # type: ignore[misc]
@@ -72,12 +73,8 @@ def test_every_record_arrives_exactly_once_through_faults_and_three_kills(
 def test_at_least_once_mode_shows_the_doubles_the_check_prevents(
     tmp_path: Path, faulty_paigo: FakePaigo, agents: list[AgentProcess]
 ):
-    agent = start(tmp_path, faulty_paigo, "at-least-once")
+    agent = start(tmp_path, faulty_paigo, "at-least-once", 1000)
     agents.append(agent)
-    agent.start()
-    accepted = [record(n) for n in range(1000)]
-    for first in range(0, 1000, 500):
-        assert agent.post(accepted[first : first + 500])[0] == 202
     wait_until(lambda: len(counts(faulty_paigo)) >= 1000, timeout=60)
     doubled = [v for v, n in counts(faulty_paigo).items() if n > 1]
     assert len(doubled) > 50
