@@ -62,7 +62,7 @@ class IngestConfig:
     keepalive_timeout_s: float = 15.0
     max_records_per_request: int = 10_000
     idempotency_window_s: int = 86_400
-    idempotency_max_keys: int = 1_000_000
+    idempotency_max_keys: int = 200_000
     retry_after_s: int = 5
 
 
