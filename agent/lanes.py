@@ -43,6 +43,7 @@ class Lanes(Generic[T]):
     def __init__(self) -> None:
         self._lanes: dict[LaneKey, Lane[T]] = {}
         self._ready: deque[Lane[T]] = deque()
+        self._parked: dict[LaneKey, Lane[T]] = {}
         self.buffered = 0  # items held, in flight or not
 
     def add(self, key: LaneKey, item: T, now: float) -> None:
@@ -108,21 +109,25 @@ class Lanes(Generic[T]):
         """The item goes back to the front of its lane (to be sent again, first)."""
         lane.in_flight -= 1
         lane.items.appendleft(item)
-        lane.parked_until = max(lane.parked_until, park_until)
+        if park_until > lane.parked_until:
+            lane.parked_until = park_until
+            self._parked[lane.key] = lane
         self._offer(lane, now)
 
     def unpark(self, now: float) -> None:
-        """Offer again the lanes whose parking time is over."""
-        for lane in self._lanes.values():
-            if lane.parked_until and lane.parked_until <= now:
+        """Offer again the lanes whose parking time is over (only parked lanes are looked
+        at: there may be a lane per customer)."""
+        for key, lane in list(self._parked.items()):
+            if lane.parked_until <= now:
                 lane.parked_until = 0.0
+                del self._parked[key]
                 self._offer(lane, now)
 
     def parked(self, now: float) -> list[LaneKey]:
-        return [lane.key for lane in self._lanes.values() if lane.parked_until > now]
+        return [key for key, lane in self._parked.items() if lane.parked_until > now]
 
     def parked_items(self, now: float) -> int:
-        return sum(len(lane.items) for lane in self._lanes.values() if lane.parked_until > now)
+        return sum(len(lane.items) for lane in self._parked.values() if lane.parked_until > now)
 
     def _offer(self, lane: Lane[T], now: float, *, force: bool = False) -> None:
         if not lane.queued and (force or lane.eligible(now)):
