@@ -313,11 +313,12 @@ async def status(request: web.Request) -> web.Response:
     state = request.app[STATE]
     spool = state.spool
     stats = spool.stats
+    reasons = not_ready_reasons(state)
     body = {
         "version": __version__,
         "uptime_s": round(time.time() - state.started_at, 3),
-        "ready": not not_ready_reasons(state),
-        "not_ready_reasons": not_ready_reasons(state),
+        "ready": not reasons,
+        "not_ready_reasons": reasons,
         "spool": {
             "dir": str(spool.dir),
             "backlog_records": spool.backlog,

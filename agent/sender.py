@@ -92,7 +92,6 @@ class Sender:
         self._tasks: list[asyncio.Task[None]] = []
         self._not_found_pairs: set[tuple[str, str]] = set()
         self.delivered = 0
-        self.requests = 0
         self.last_result: dict[str, object] = {}
         self.on_reply: Callable[[Reply, float], None] = lambda reply, seconds: None
 
@@ -324,7 +323,6 @@ class Sender:
         body = b"[" + b",".join(i.body for i in items) + b"]" if is_array else items[0].body
         started = time.perf_counter()
         reply = await self._uplink.post(body, token, invoice, array=is_array)
-        self.requests += 1
         self.on_reply(reply, time.perf_counter() - started)
         for item in items:
             item.attempts += 1

@@ -155,8 +155,6 @@ class Spool:
 
     async def start(self) -> None:
         """Start the committer and the cursor and sync timers (needs a running loop)."""
-        self._wakeup = asyncio.Event()
-        self._data = asyncio.Event()
         self._tasks = [asyncio.create_task(self._commit_loop(), name="spool-commit")]
         self._tasks.append(asyncio.create_task(self._cursor_loop(), name="spool-cursor"))
         if self.config.fsync == "interval":
@@ -248,7 +246,6 @@ class Spool:
             self._durable_offset = offset
             self._segments[-1].size = offset
             self.stats.appended_records += len(payloads)
-            self.stats.commits += 1
             self.observer.committed(len(payloads))
             self._data.set()
             seq = first
@@ -266,13 +263,9 @@ class Spool:
             if len(self._pending) == waiting:
                 return
 
-    def _fail_group(
-        self, group: list[tuple[list[bytes], asyncio.Future[range]]], exc: OSError
-    ) -> None:
+    def _fail_group(self, group: list[_Waiting], exc: OSError) -> None:
         error: SpoolError
-        if isinstance(exc, SpoolError):
-            error = exc
-        elif exc.errno in _NO_SPACE:
+        if exc.errno in _NO_SPACE:
             error = SpoolFull(f"the filesystem of {self.dir} is full ({exc.strerror})")
             self._free_checked_at = -1.0
         else:

@@ -33,7 +33,6 @@ class SpoolStats:
     """Counters read by metrics and /status."""
 
     appended_records: int = 0
-    commits: int = 0
     fsyncs: int = 0
     lost_records: int = 0
     quarantined_bytes: int = 0
