@@ -1,4 +1,4 @@
-"""The ingest API: the aiohttp app that takes usage from local apps.
+"""The ingest API: the handlers that take usage from local apps (served by http_server.py).
 
 Its OpenAPI document is `openapi.json` beside this file (tests/test_openapi.py keeps it true).
 
@@ -10,12 +10,14 @@ the request durable. A request is all or nothing: any bad record, and none is st
 |--------|--------------------------------------------------------------------------------|
 | 202    | stored durably (with `fsync = "always"`: after the fsync)                      |
 | 400    | malformed JSON (with the parser's position), bad records (every problem), a    |
-|        | bad `invoice` flag or `Idempotency-Key`                                        |
+|        | bad `invoice` flag or `Idempotency-Key`, malformed HTTP                        |
 | 401    | `ingest.token_file` is set and the bearer token is missing or wrong            |
 | 405    | a method other than POST                                                       |
-| 408    | the body did not arrive within `ingest.body_timeout_s`                         |
+| 408    | the request did not arrive whole within `ingest.body_timeout_s`                |
 | 413    | body over `ingest.max_request_bytes`, or over `ingest.max_records_per_request` |
+| 414    | a URL over 8 KiB                                                               |
 | 415    | a content type other than JSON or NDJSON                                       |
+| 431    | headers over 32 KiB or 100 fields                                              |
 | 503    | the agent is shutting down (with Retry-After)                                  |
 | 507    | the spool is full or the disk is out of space (with Retry-After)               |
 
@@ -24,20 +26,21 @@ Also `GET /healthz`, `GET /readyz`, `GET /metrics` and `GET /status`.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import hmac
 import logging
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
 import orjson
-from aiohttp import web
 
 from agent import __version__
 from agent.config import IngestConfig
 from agent.errors import RecordInvalid, SpoolError, SpoolFull
+from agent.http_server import HttpError, Request, Response, Routes
 from agent.idempotency import Answer, IdempotencyStore, key_problem
 from agent.metrics import Metrics
 from agent.records import Envelope, decode_envelope, encode_envelope, validate_records
@@ -48,7 +51,6 @@ log = logging.getLogger(__name__)
 JSON_TYPES: Final = ("application/json", "")
 NDJSON_TYPES: Final = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 MAX_PROBLEMS_SHOWN: Final = 100
-_JSON_HEADERS: Final = {"Content-Type": "application/json"}
 
 
 @dataclass
@@ -66,9 +68,6 @@ class IngestState:
     delivery_status: Callable[[], dict[str, object]] = dict
 
 
-STATE: Final = web.AppKey("state", IngestState)
-
-
 class Refused(Exception):
     """A request refused before anything was stored: status, reason label, JSON body."""
 
@@ -83,24 +82,37 @@ class Refused(Exception):
         self.headers: dict[str, str] = {}
 
 
-def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
-    return answer_response(Answer(status, orjson.dumps(body)), headers)
+def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> Response:
+    return Response(status, orjson.dumps(body), headers=headers)
 
 
-def answer_response(answer: Answer, headers: dict[str, str] | None = None) -> web.Response:
-    # The header is set as is: aiohttp's content_type= path costs more on the hot path.
-    return web.Response(
-        status=answer.status,
-        body=answer.body,
-        headers={"Content-Type": "application/json", **headers} if headers else _JSON_HEADERS,
-    )
+def answer_response(answer: Answer, headers: dict[str, str] | None = None) -> Response:
+    return Response(answer.status, answer.body, headers=headers)
+
+
+def routes(state: IngestState) -> Routes:
+    """The API's routes, for the HTTP server (openapi.json lists the same)."""
+    return {
+        "/usage": {"POST": functools.partial(post_usage, state)},
+        "/healthz": {"GET": healthz},
+        "/readyz": {"GET": functools.partial(readyz, state)},
+        "/metrics": {"GET": functools.partial(metrics, state)},
+        "/status": {"GET": functools.partial(status, state)},
+    }
+
+
+def refused_by_http(state: IngestState, error: HttpError) -> Response:
+    """The answer to a request the HTTP layer refused (or no route takes), counted."""
+    headers = {"Allow": error.allow} if error.allow else None
+    state.metrics.ingest.rejected[error.reason] += 1
+    state.metrics.ingest.answered(error.status, 0.0)
+    return json_response(error.status, {"error": str(error)}, headers)
 
 
 # --- POST /usage --------------------------------------------------------------------------
 
 
-async def post_usage(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+async def post_usage(state: IngestState, request: Request) -> Response:
     started = time.perf_counter()
     try:
         response = await _ingest(request, state)
@@ -111,15 +123,15 @@ async def post_usage(request: web.Request) -> web.Response:
     return response
 
 
-async def _ingest(request: web.Request, state: IngestState) -> web.Response:
+async def _ingest(request: Request, state: IngestState) -> Response:
     _check_token(request, state)
     if state.shutting_down:
         raise _unavailable(state, 503, "shutting_down", "the agent is shutting down; retry")
     invoice = _invoice_flag(request)
-    key = request.headers.get("Idempotency-Key")
+    key = request.headers.get("idempotency-key")
     if key is not None and (why := key_problem(key)) is not None:
         raise Refused(400, "bad_idempotency_key", why)
-    objs = await _read_records(request, state.config)
+    objs = _read_records(request, state.config)
     if key is None:
         return answer_response(await _store(state, objs, invoice, ""))
     earlier = await state.keys.begin(key)
@@ -177,10 +189,10 @@ def _unavailable(
     return refused
 
 
-def _check_token(request: web.Request, state: IngestState) -> None:
+def _check_token(request: Request, state: IngestState) -> None:
     if state.token is None:
         return  # an app that sends its Paigo token is not refused when none is configured
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         presented.strip().encode(), state.token
     ):
@@ -189,10 +201,11 @@ def _check_token(request: web.Request, state: IngestState) -> None:
         raise refused
 
 
-def _invoice_flag(request: web.Request) -> bool:
-    if not request.query_string:
+def _invoice_flag(request: Request) -> bool:
+    if not request.query:
         return False
-    value = request.query.get("invoice")
+    values = urllib.parse.parse_qs(request.query, keep_blank_values=True).get("invoice")
+    value = values[0] if values else None
     if value is None or value == "false":
         return False
     if value == "true":
@@ -200,10 +213,13 @@ def _invoice_flag(request: web.Request) -> bool:
     raise Refused(400, "bad_query", f"invoice must be true or false, not {value[:20]!r}")
 
 
-async def _read_records(request: web.Request, config: IngestConfig) -> list[object]:
-    """The request's records as parsed JSON values, or Refused."""
-    raw_type = request.headers.get("Content-Type", "")
-    content_type = raw_type if raw_type in JSON_TYPES else (raw_type and request.content_type)
+def _read_records(request: Request, config: IngestConfig) -> list[object]:
+    """The request's records as parsed JSON values, or Refused. (The HTTP layer has
+    already held the body to ingest.max_request_bytes and ingest.body_timeout_s.)"""
+    raw_type = request.headers.get("content-type", "")
+    content_type = (
+        raw_type if raw_type in JSON_TYPES else raw_type.partition(";")[0].strip().lower()
+    )
     if content_type not in JSON_TYPES and content_type not in NDJSON_TYPES:
         raise Refused(
             415,
@@ -211,19 +227,7 @@ async def _read_records(request: web.Request, config: IngestConfig) -> list[obje
             f"content type {content_type!r} is not accepted; send application/json "
             "or application/x-ndjson",
         )
-    length = request.content_length
-    if length is not None and length > config.max_request_bytes:
-        raise _too_large(config)
-    try:
-        if request.content.is_eof():  # the usual case: the body came with the headers
-            body = await request.read()
-        else:
-            async with asyncio.timeout(config.body_timeout_s):
-                body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise _too_large(config) from None
-    except TimeoutError:
-        raise Refused(408, "body_timeout", "the request body did not arrive in time") from None
+    body = request.body
     objs = _parse_ndjson(body) if content_type in NDJSON_TYPES else _parse_json(body)
     if not objs:
         raise Refused(400, "empty", "the request holds no records")
@@ -235,12 +239,6 @@ async def _read_records(request: web.Request, config: IngestConfig) -> list[obje
             records=len(objs),
         )
     return objs
-
-
-def _too_large(config: IngestConfig) -> Refused:
-    return Refused(
-        413, "body_too_large", f"the body is over {config.max_request_bytes} bytes; split it"
-    )
 
 
 def _parse_json(body: bytes) -> list[object]:
@@ -268,12 +266,11 @@ def _parse_ndjson(body: bytes) -> list[object]:
 # --- the other routes ---------------------------------------------------------------------
 
 
-async def healthz(request: web.Request) -> web.Response:
+async def healthz(request: Request) -> Response:
     return json_response(200, {"status": "alive"})
 
 
-async def readyz(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+async def readyz(state: IngestState, request: Request) -> Response:
     reasons = not_ready_reasons(state)
     if reasons:
         return json_response(503, {"status": "not ready", "reasons": reasons})
@@ -292,9 +289,9 @@ def not_ready_reasons(state: IngestState) -> list[str]:
     return reasons
 
 
-async def metrics(request: web.Request) -> web.Response:
-    body = request.app[STATE].metrics.exposition()
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+async def metrics(state: IngestState, request: Request) -> Response:
+    body = state.metrics.exposition()
+    return Response(200, body, content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 def oldest_unsent_age(spool: Spool) -> float | None:
@@ -309,8 +306,7 @@ def oldest_unsent_age(spool: Spool) -> float | None:
     return max(0.0, time.time() - received_ms / 1000)
 
 
-async def status(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+async def status(state: IngestState, request: Request) -> Response:
     spool = state.spool
     stats = spool.stats
     reasons = not_ready_reasons(state)
@@ -334,16 +330,3 @@ async def status(request: web.Request) -> web.Response:
         "delivery": state.delivery_status(),
     }
     return json_response(200, body)
-
-
-def make_app(state: IngestState) -> web.Application:
-    # aiohttp answers an unexpected exception with a plain 500 and logs the traceback;
-    # it never sends the traceback to the client (debug mode is never enabled).
-    app = web.Application(client_max_size=state.config.max_request_bytes)
-    app[STATE] = state
-    app.router.add_post("/usage", post_usage)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/status", status)
-    return app

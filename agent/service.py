@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from agent import __version__, deadletter
@@ -33,8 +32,9 @@ from agent.auth import TokenManager
 from agent.config import Config, IngestConfig, socket_mode
 from agent.deadletter import DeadLetterFile
 from agent.errors import AgentError, ConfigError
+from agent.http_server import HttpServer, Limits
 from agent.idempotency import IdempotencyStore
-from agent.ingest import IngestState, make_app, oldest_unsent_age
+from agent.ingest import IngestState, oldest_unsent_age, refused_by_http, routes
 from agent.ledger import Ledger
 from agent.metrics import Metrics
 from agent.sender import Sender
@@ -180,23 +180,17 @@ class Service:
         if self.config.upstream.enabled:
             await self._start_delivery(state)
         ingest = self.config.ingest
-        runner = web.AppRunner(
-            make_app(state),
-            access_log=None,
-            keepalive_timeout=ingest.keepalive_timeout_s,
-            shutdown_timeout=self.config.shutdown_grace_s,
-        )
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
+        limits = Limits(ingest.max_request_bytes, ingest.body_timeout_s, ingest.keepalive_timeout_s)
+        server = HttpServer(routes(state), lambda error: refused_by_http(state, error), limits)
+        stack.push_async_callback(server.close, self.config.shutdown_grace_s)
         if ingest.listen:
             host, port = parse_listen(ingest.listen)
-            site = web.TCPSite(runner, host, port, backlog=1024)
-            await site.start()
-            self.addresses += [f"http://{host}:{p}" for p in _ports(site)]
+            ports = await server.listen_tcp(host, port)
+            self.addresses += [f"http://{host}:{p}" for p in ports]
         if ingest.unix_socket:
             sock = bind_unix_socket(ingest)
             stack.callback(Path(ingest.unix_socket).unlink, missing_ok=True)
-            await web.SockSite(runner, sock, backlog=1024).start()
+            await server.listen_unix(sock)
             self.addresses.append(f"unix:{ingest.unix_socket}")
         stack.callback(setattr, state, "shutting_down", True)
 
@@ -255,8 +249,3 @@ class Service:
             await stopping.wait()
         finally:
             await self.stop()
-
-
-def _ports(site: web.TCPSite) -> list[int]:
-    server = site._server  # aiohttp keeps the asyncio server here; needed for port 0
-    return [sock.getsockname()[1] for sock in getattr(server, "sockets", None) or []]
