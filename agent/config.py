@@ -45,6 +45,7 @@ class SpoolConfig:
     max_bytes: int = 1024 * MiB
     min_free_bytes: int = 256 * MiB
     segment_bytes: int = 16 * MiB
+    preallocate: bool = True
     fsync: str = "always"
     fsync_interval_ms: int = 50
     cursor_interval_ms: int = 50

@@ -10,6 +10,12 @@ The byte layout is in `agent.spool_format`. This module is the behaviour:
   crash cannot); with `"off"` the operating system decides (tests and benchmarks). The
   write and sync run on the event loop while syncs are fast (a thread hop would cost more
   than the sync), in a thread of their own once they are slow.
+* **Zero-filled segments** (`preallocate`): once the active segment is half full, a
+  thread zero-fills the file the next segment will be (`segment.spare`). An fdatasync after
+  an append into written zeros flushes the data blocks only, no block allocation and no
+  file size (measured on ext4 here: ~110 us instead of ~170 us for a 2.4 KB append). The
+  cost is disk: up to two segments of zeros beyond `bytes_used`. Without a spare ready
+  (the first segment, a full disk) a segment grows as it is written, as before.
 * **Limits**: an append that would take the segments past `max_bytes`, or the
   filesystem's free space under `min_free_bytes`, raises `SpoolFull` and stores nothing.
   ENOSPC from the filesystem does the same: the segment is cut back to where it was.
@@ -55,6 +61,7 @@ FREE_SPACE_TTL_S: Final = 0.1
 # Commits run on the event loop while an fdatasync takes less than this on average (a
 # thread hop costs ~100 us here, more than most syncs); above it, in the write thread.
 INLINE_SYNC_BUDGET_S: Final = 0.001
+ZERO_CHUNK: Final = 1024 * 1024  # bytes per write while zero-filling a spare
 GATHER_ROUNDS: Final = 4  # event-loop turns a commit waits for appends to join it
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _Waiting = tuple[list[bytes], "asyncio.Future[range]"]  # an append's payloads and its answer
@@ -116,6 +123,8 @@ class Spool:
         self._broken = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._write_io = ThreadPoolExecutor(1, thread_name_prefix="spool-write")
+        self._spare_io = ThreadPoolExecutor(1, thread_name_prefix="spool-spare")
+        self._spare_wanted = False  # a spare was asked for since the last roll
         self._fd_lock = threading.RLock()  # the active segment's fd: loop and write thread
         self._sync_ewma_s = 0.0
 
@@ -127,6 +136,7 @@ class Spool:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         (self.dir / "quarantine").mkdir(exist_ok=True, mode=0o750)
         self._lock_fd = lock_directory(self.dir)
+        fmt.spare_tmp_path(self.dir).unlink(missing_ok=True)  # a fill cut short by a crash
         cursor = self._load_cursor()
         self.spool_id = cursor.spool_id
         self._segments = list_segments(self.dir)
@@ -176,6 +186,7 @@ class Spool:
 
     def close_sync(self) -> None:
         self._write_io.shutdown(wait=True)
+        self._spare_io.shutdown(wait=True, cancel_futures=True)
         for fd in (self._active_fd, self._lock_fd):
             if fd >= 0:
                 os.close(fd)
@@ -297,7 +308,36 @@ class Spool:
         except OSError as exc:
             self._cut_back(start, exc)
             raise
-        return start + len(data)
+        end = start + len(data)
+        half_full = end > self.config.segment_bytes // 2
+        if half_full and self.config.preallocate and not self._spare_wanted:
+            self._spare_wanted = True
+            self._spare_io.submit(self._prepare_spare)
+        return end
+
+    def _prepare_spare(self) -> None:
+        """Zero-fill the file the next segment will be; runs in its own thread. Skipped
+        when it would take the filesystem under `min_free_bytes`; a failure only costs
+        speed (the next segment grows as it is written)."""
+        spare, tmp = fmt.spare_path(self.dir), fmt.spare_tmp_path(self.dir)
+        size = self.config.segment_bytes
+        st = os.statvfs(self.dir)
+        if spare.exists() or st.f_bavail * st.f_frsize < size + self.config.min_free_bytes:
+            return
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            try:
+                zeros = bytes(min(size, ZERO_CHUNK))
+                for offset in range(0, size, len(zeros)):
+                    write_all(fd, zeros[: size - offset], offset)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, spare)
+            fsync_dir(self.dir)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            log.warning("could not zero-fill the next spool segment (appends still work): %s", exc)
 
     def _cut_back(self, offset: int, cause: OSError) -> None:
         try:
@@ -328,11 +368,19 @@ class Spool:
                 self._fdatasync()
 
     def _roll(self, first_seq: int) -> None:
-        """Start a new segment at `first_seq`; durable (file and directory) before use."""
+        """Seal the active segment (synced, cut to its last frame), then start a new one
+        at `first_seq`, from the spare when one is ready; durable (file and directory)
+        before use."""
         if self._active_fd >= 0:
             self._sync_if_dirty()
+            self._seal(self._active_fd, self._segments[-1].size)
         path = fmt.segment_path(self.dir, first_seq)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
+        self._spare_wanted = False
+        try:
+            os.rename(fmt.spare_path(self.dir), path)
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
             write_all(fd, fmt.encode_segment_header(first_seq), 0)
             os.fsync(fd)
@@ -347,6 +395,13 @@ class Spool:
         self._active_fd = fd
         self._segments.append(Segment(first_seq, path, fmt.SEGMENT_HEADER_SIZE))
         self._durable_offset = fmt.SEGMENT_HEADER_SIZE
+
+    @staticmethod
+    def _seal(fd: int, size: int) -> None:
+        """Cut a segment's zeros off: only the newest segment may end in zeros."""
+        if os.fstat(fd).st_size > size:
+            os.ftruncate(fd, size)
+            os.fdatasync(fd)
 
     # --- reading and acknowledging --------------------------------------------------------
 

@@ -10,6 +10,8 @@ Directory layout (spool.dir):
 | `cursor`                  | the durable cursor (JSON, replaced atomically, see below)    |
 | `<first seq, 20 digits>.seg` | a segment: a file header, then frames in sequence order   |
 | `quarantine/`             | copies of damaged bytes found while reading, for forensics   |
+| `segment.spare`           | a zero-filled file, renamed into the next segment (see below) |
+| `segment.spare.tmp`       | a spare being filled; deleted at open                        |
 
 Segment file header, `SEGMENT_HEADER_SIZE` bytes (integers little-endian):
 
@@ -34,6 +36,11 @@ looks for the next offset at which a whole valid frame starts (the magic makes t
 cheap); the bytes in between are quarantined and the sequence numbers they held are counted
 as lost. Damage with no valid frame after it, at the end of the newest segment, is a torn
 tail from a crash mid-write: it was never acknowledged, and it is cut off.
+
+Zeros: segments are zero-filled before use (`spool.preallocate`), so the newest segment
+usually ends in zeros, and a zero where a frame's magic would be ends its frames. Zeros
+after the last frame are free space, not damage. A sealed segment is cut to its last frame
+before the next segment is created.
 
 Cursor file, JSON: `{"version": 1, "spool_id": "<16 hex>", "next_seq": N, "segment": S,
 "offset": O}`: every frame with seq < N is consumed; the frame N starts at byte O of the
@@ -190,6 +197,14 @@ def decode_cursor(data: bytes) -> Cursor:
     if not (isinstance(segment, int) and isinstance(offset, int)):
         segment = offset = None
     return Cursor(spool_id, next_seq, segment, offset)
+
+
+def spare_path(directory: Path) -> Path:
+    return directory / "segment.spare"
+
+
+def spare_tmp_path(directory: Path) -> Path:
+    return directory / "segment.spare.tmp"
 
 
 def segment_path(directory: Path, first_seq: int) -> Path:

@@ -91,19 +91,28 @@ def _scan(segment: Segment, data: bytes, first_seq: int, stats: SpoolStats) -> t
             continue
         nxt = fmt.next_valid_frame(data, pos)
         if nxt is None:
-            log.warning(
-                "spool recovery: cut a torn tail of %d bytes at offset %d of %s "
-                "(a write interrupted by a crash; it had not been acknowledged)",
-                len(data) - pos,
-                pos,
-                segment.path,
-            )
-            stats.torn_tail_bytes += len(data) - pos
-            truncate_durably(segment.path, pos)
+            _cut_torn_tail(segment, data, pos, stats)
             break
         log.warning("spool recovery: damage at offset %d of %s", pos, segment.path)
         pos = nxt  # the reader quarantines it when it gets there
     return pos, next_seq
+
+
+def _cut_torn_tail(segment: Segment, data: bytes, pos: int, stats: SpoolStats) -> None:
+    """After the last valid frame: zeros are free space (a zero-filled segment) and stay;
+    anything else is a write cut by a crash, never acknowledged, and is cut off."""
+    torn = len(data[pos:].rstrip(b"\0"))
+    if not torn:
+        return
+    log.warning(
+        "spool recovery: cut a torn tail of %d bytes at offset %d of %s "
+        "(a write interrupted by a crash; it had not been acknowledged)",
+        torn,
+        pos,
+        segment.path,
+    )
+    stats.torn_tail_bytes += torn
+    truncate_durably(segment.path, pos)
 
 
 def _set_aside(directory: Path, segment: Segment, data: bytes, stats: SpoolStats) -> None:

@@ -15,6 +15,7 @@ Run: .venv/bin/python bench/ingest.py [--seconds S] [--dir DIR]   (needs `wrk`: 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -118,6 +119,33 @@ def start_agent(directory: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+def warm_up(port: int, array: bytes, segment_bytes: int = 16 * 1024 * 1024) -> int:
+    """Post 1,000-record arrays until the agent appends into a zero-filled segment, as it
+    does from its second segment on (spool.preallocate); the records posted."""
+    connection = http.client.HTTPConnection("127.0.0.1", port)
+
+    def spool_bytes() -> int:
+        connection.request("GET", "/status")
+        return int(json.loads(connection.getresponse().read())["spool"]["bytes"])
+
+    def post_until(size: int) -> int:
+        posted = 0
+        while spool_bytes() < size:
+            connection.request("POST", "/usage", array, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            if response.status != 202:
+                raise RuntimeError(f"warm-up got {response.status}: {response.read()[:200]!r}")
+            response.read()
+            posted += 1000
+        return posted
+
+    posted = post_until(segment_bytes // 2 + 1)
+    time.sleep(1.0)  # the next segment is zero-filled in the background meanwhile
+    posted += post_until(segment_bytes + 1)
+    connection.close()
+    return posted
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     proc.wait(timeout=30)
@@ -156,6 +184,9 @@ def run(root: Path, seconds: float) -> None:
     agent_port = free_port()
     agent = start_agent(root, agent_port)
     try:
+        warmed = warm_up(agent_port, array.read_bytes())
+        print(f"warm-up: {warmed:,} records, so that the agent appends into a zero-filled")
+        print("segment, as it does from its second segment on (spool.preallocate)\n")
         print(
             f"{'conns':>5} {'agent req/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'bare 204/s':>10} "
             f"{'N/t_sync':>9} {'ratio':>6} {'p99 target':>10}"

@@ -144,6 +144,52 @@ async def test_off_mode_never_syncs_data(open_spool: SpoolFactory):
     assert spool.stats.fsyncs == 0
 
 
+# --- zero-filled segments -----------------------------------------------------------------
+
+
+async def fill_until(spool: Spool, done: object, limit: int = 1000) -> list[int]:
+    seqs: list[int] = []
+    for _ in range(limit):
+        if callable(done) and done():
+            return seqs
+        seqs.extend(await spool.append([b"r" * 500]))
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never came")
+
+
+async def test_a_half_full_segment_gets_a_zero_filled_spare_that_the_next_segment_is(
+    open_spool: SpoolFactory,
+):
+    spool = await open_spool(segment_bytes=64 * 1024)
+    spare = fmt.spare_path(spool.dir)
+    seqs = await fill_until(spool, spare.exists)
+    assert spool.bytes_used > 32 * 1024
+    assert spare.read_bytes() == bytes(64 * 1024)
+    seqs += await fill_until(spool, lambda: not spare.exists())  # rolled onto the spare
+    first, second = sorted(spool.dir.glob("*.seg"))
+    assert second.stat().st_size == 64 * 1024  # the frames go into the zeros
+    in_first = fmt.segment_first_seq(second) - seqs[0]
+    frames_end = fmt.SEGMENT_HEADER_SIZE + in_first * (fmt.FRAME_HEADER_SIZE + 500)
+    assert first.stat().st_size == frames_end  # sealed: cut to its last frame, no zeros
+    await spool.close()
+
+    again = await open_spool(segment_bytes=64 * 1024)
+    assert again.stats.torn_tail_bytes == again.stats.damage_events == 0
+    entries = []
+    while batch := await again.read(1000):
+        entries.extend(batch)
+    assert [e.seq for e in entries] == seqs
+    assert (await again.append([b"next"])).start == seqs[-1] + 1
+
+
+async def test_without_preallocate_segments_grow_as_they_are_written(open_spool: SpoolFactory):
+    spool = await open_spool(segment_bytes=64 * 1024, preallocate=False)
+    await fill_until(spool, lambda: len(list(spool.dir.glob("*.seg"))) == 2)
+    await asyncio.sleep(0.1)
+    assert not fmt.spare_path(spool.dir).exists()
+    assert sum(p.stat().st_size for p in spool.dir.glob("*.seg")) == spool.bytes_used
+
+
 async def test_max_bytes_refuses_the_whole_append_and_stores_nothing(open_spool: SpoolFactory):
     spool = await open_spool(max_bytes=1000, segment_bytes=1000)
     await spool.append([b"x" * 400])

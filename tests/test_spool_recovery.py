@@ -47,10 +47,23 @@ async def test_a_torn_tail_is_cut_off_on_open_and_every_whole_frame_is_kept(tmp_
     await spool.close()
 
 
-async def test_zeroes_after_the_last_frame_are_a_torn_tail(tmp_path: Path):
+async def test_zeroes_after_the_last_frame_are_free_space_and_stay(tmp_path: Path):
     spool = await open_sample("zeroed-tail", tmp_path)
-    assert spool.stats.torn_tail_bytes == 300
+    size = (spool.dir / "00000000000000000001.seg").stat().st_size
+    assert spool.stats.torn_tail_bytes == 0
     assert await read_all(spool) == expected(range(1, 11))
+    assert (await spool.append([b"next"])) == range(11, 12)
+    assert await read_all(spool) == {11: b"next"}
+    await spool.close()
+    assert (spool.dir / "00000000000000000001.seg").stat().st_size == size  # written in place
+
+
+async def test_a_torn_frame_before_the_zeroes_is_cut_off(tmp_path: Path):
+    spool = await open_sample("torn-tail-in-zeros", tmp_path)
+    assert spool.stats.torn_tail_bytes == 7
+    assert await read_all(spool) == expected(range(1, 10))
+    assert (await spool.append([b"next"])) == range(10, 11)
+    assert await read_all(spool) == {10: b"next"}
     await spool.close()
 
 

@@ -51,6 +51,9 @@ def main() -> None:
     zeros = segment(1, 10) + bytes(300)
     write("zeroed-tail", {1: zeros})
 
+    torn_in_zeros = torn[: frame_offset(1, 9) + 7] + bytes(4096)  # cut mid-append, zeros after
+    write("torn-tail-in-zeros", {1: torn_in_zeros})
+
     sealed = segment(1, 10)
     sealed[frame_offset(1, 2) + fmt.FRAME_HEADER_SIZE] ^= 0x01
     write("bit-flip-in-sealed-segment", {1: sealed, 11: segment(11, 5)})
