@@ -207,6 +207,7 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers: dict[str, str] = {}
         self._header_bytes = 0
+        self._header_count = 0
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._keep_alive = True
@@ -265,6 +266,7 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers = {}
         self._header_bytes = 0
+        self._header_count = 0
         self._body = []
         self._body_bytes = 0
 
@@ -275,7 +277,8 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > MAX_HEADER_BYTES or len(self._headers) >= MAX_HEADERS:
+        self._header_count += 1
+        if self._header_bytes > MAX_HEADER_BYTES or self._header_count > MAX_HEADERS:
             self._refuse(
                 431,
                 "headers_too_large",
