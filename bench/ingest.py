@@ -8,6 +8,8 @@ Run: .venv/bin/python bench/ingest.py [--seconds S] [--dir DIR]   (needs `wrk`: 
   answers 204 (the Python HTTP ceiling), and N / t_sync, with t_sync the median latency of
   a 4 KiB write + fdatasync on the spool's filesystem (the durability ceiling: N connections
   that each wait for their answer cannot beat one group commit per t_sync);
+* for information, not a ceiling: the agent's own HTTP layer (agent/http_server.py)
+  answering 204 with no work, which shows what the agent's work per request costs;
 * printed: requests/s, p50 and p99 for 8, 64 and 256 connections, 1,000-record arrays in
   records/s, and each rate's ratio to the lower ceiling.
 """
@@ -57,6 +59,20 @@ async def usage(request):
 app = web.Application(client_max_size=4 * 1024 * 1024)
 app.router.add_post("/usage", usage)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+OWN_HTTP_SERVER = """
+import asyncio, sys
+from agent.http_server import HttpServer, Limits, Response
+async def usage(request):
+    return Response(204)
+async def main():
+    routes = {"/usage": {"POST": usage}}
+    server = HttpServer(routes, lambda error: Response(error.status), Limits(4 << 20, 10, 15))
+    await server.listen_tcp("127.0.0.1", int(sys.argv[1]))
+    await asyncio.Event().wait()
+asyncio.run(main())
 """
 
 
@@ -174,13 +190,19 @@ def run(root: Path, seconds: float) -> None:
     one.write_text(json.dumps(RECORD))
     array = root / "array.json"
     array.write_text(json.dumps([RECORD] * 1000))
-    sync = t_sync(root)
-    print(f"t_sync (4 KiB write+fdatasync on the spool's filesystem, median): {sync * 1e6:.0f} us")
+    growing, sync = t_sync(root), t_sync(root, into_zeros=True)
+    print(
+        f"t_sync (4 KiB write+fdatasync on the spool's filesystem, median): {growing * 1e6:.0f} us"
+        f" into a growing file, {sync * 1e6:.0f} us into zeros (the agent's segments; used"
+        " below)"
+    )
     print(f'wrk -t1, keep-alive, {seconds:.0f} s per point; agent with fsync = "always"\n')
 
-    bare_port = free_port()
+    bare_port, own_port = free_port(), free_port()
     bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)])
+    own = subprocess.Popen([sys.executable, "-c", OWN_HTTP_SERVER, str(own_port)])
     wait_port(bare_port)
+    wait_port(own_port)
     agent_port = free_port()
     agent = start_agent(root, agent_port)
     try:
@@ -189,18 +211,20 @@ def run(root: Path, seconds: float) -> None:
         print("segment, as it does from its second segment on (spool.preallocate)\n")
         print(
             f"{'conns':>5} {'agent req/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'bare 204/s':>10} "
-            f"{'N/t_sync':>9} {'ratio':>6} {'p99 target':>10}"
+            f"{'N/t_sync':>9} {'ratio':>6} {'p99 target':>10} {'own 204/s':>10}"
         )
         for n in (8, 64, 256):
             ceiling_http = wrk(f"http://127.0.0.1:{bare_port}/usage", n, seconds, one, script)[
                 "rps"
             ]
             got = wrk(f"http://127.0.0.1:{agent_port}/usage", n, seconds, one, script)
+            own_http = wrk(f"http://127.0.0.1:{own_port}/usage", n, seconds, one, script)["rps"]
             ceiling = min(ceiling_http, n / sync)
             target = f"{3 * sync * 1e3 + 2:.2f}" if n == 8 else "-"
             print(
                 f"{n:>5} {got['rps']:>11.0f} {got['p50_ms']:>7.2f} {got['p99_ms']:>7.2f} "
-                f"{ceiling_http:>10.0f} {n / sync:>9.0f} {got['rps'] / ceiling:>6.2f} {target:>10}"
+                f"{ceiling_http:>10.0f} {n / sync:>9.0f} {got['rps'] / ceiling:>6.2f} "
+                f"{target:>10} {own_http:>10.0f}"
             )
         bare_arrays = wrk(f"http://127.0.0.1:{bare_port}/usage", 8, seconds, array, script)["rps"]
         arrays = wrk(f"http://127.0.0.1:{agent_port}/usage", 8, seconds, array, script)
@@ -212,6 +236,7 @@ def run(root: Path, seconds: float) -> None:
     finally:
         stop(agent)
         stop(bare)
+        stop(own)
 
 
 if __name__ == "__main__":
