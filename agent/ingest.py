@@ -43,7 +43,7 @@ from agent.errors import RecordInvalid, SpoolError, SpoolFull
 from agent.http_server import HttpError, Request, Response, Routes
 from agent.idempotency import Answer, IdempotencyStore, key_problem
 from agent.metrics import Metrics
-from agent.records import Envelope, decode_envelope, encode_envelope, validate_records
+from agent.records import decode_envelope, encode_envelopes, validate_records
 from agent.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -166,10 +166,7 @@ async def _store(state: IngestState, objs: list[object], invoice: bool, key: str
             errors=problems,
         ) from None
     now_ms = time.time_ns() // 1_000_000
-    payloads = [
-        encode_envelope(Envelope(orjson.dumps(r), now_ms, invoice, f"{key}:{i}" if key else ""))
-        for i, r in enumerate(records)
-    ]
+    payloads = encode_envelopes([orjson.dumps(r) for r in records], now_ms, invoice, key)
     try:
         seqs = await state.spool.append(payloads)
     except SpoolFull as exc:
@@ -177,7 +174,7 @@ async def _store(state: IngestState, objs: list[object], invoice: bool, key: str
     except SpoolError as exc:
         raise _unavailable(state, 503, "spool_unavailable", str(exc), records=len(objs)) from None
     state.metrics.ingest.accepted += len(payloads)
-    body = {"accepted": len(payloads), "ids": [state.spool.record_id(s) for s in seqs]}
+    body = {"accepted": len(payloads), "ids": state.spool.record_ids(seqs)}
     return Answer(202, orjson.dumps(body))
 
 

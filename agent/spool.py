@@ -561,3 +561,7 @@ class Spool:
 
     def record_id(self, seq: int) -> str:
         return f"{self.spool_id}-{seq}"
+
+    def record_ids(self, seqs: range) -> list[str]:
+        prefix = f"{self.spool_id}-"
+        return [prefix + str(seq) for seq in seqs]

@@ -19,6 +19,7 @@ from agent.records import (
     check_record,
     decode_envelope,
     encode_envelope,
+    encode_envelopes,
     validate_records,
 )
 from agent.spool import Spool
@@ -120,6 +121,15 @@ def test_metadata_over_the_byte_limit_is_refused():
     assert "8192 bytes" in problems[0].message
 
 
+@pytest.mark.parametrize("char", ["a", "\x01", '"', "\u00e9", "\U0001f600"])
+def test_metadata_is_measured_as_json_however_its_characters_are_encoded(char: str):
+    for length in range(1, 1025, 7):
+        metadata = {f"k{i}": char * length for i in range(32)}
+        too_large = len(orjson.dumps(metadata)) > 8192
+        problems = check_record(with_(metadata=metadata), 0)
+        assert any("bytes as JSON" in p.message for p in problems) == too_large, length
+
+
 def test_the_reserved_metadata_key_is_refused_when_one_is_set():
     record = with_(metadata={"usageAgentRecordId": "mine"})
     assert check_record(record, 0) == []
@@ -203,3 +213,13 @@ def test_valid_records_round_trip_through_the_spool_byte_identical(
 
     assert asyncio.run(round_trip()) == stored
     assert [orjson.loads(b) for b in stored] == batch
+
+
+@pytest.mark.parametrize("key", ["", "order-77"])
+def test_a_requests_envelopes_are_each_records_envelope(key: str):
+    records = [b'{"n":1}', b'{"n":2}', b'{"n":3}']
+    expected = [
+        encode_envelope(Envelope(r, 1_700_000_000_123, True, f"{key}:{i}" if key else ""))
+        for i, r in enumerate(records)
+    ]
+    assert encode_envelopes(records, 1_700_000_000_123, True, key) == expected
