@@ -11,11 +11,9 @@ The byte layout is in `agent.spool_format`. This module is the behaviour:
   write and sync run on the event loop while syncs are fast (a thread hop would cost more
   than the sync), in a thread of their own once they are slow.
 * **Zero-filled segments** (`preallocate`): once the active segment is half full, a
-  thread zero-fills the file the next segment will be (`segment.spare`). An fdatasync after
-  an append into written zeros flushes the data blocks only, no block allocation and no
-  file size (measured on ext4 here: ~110 us instead of ~170 us for a 2.4 KB append). The
-  cost is disk: up to two segments of zeros beyond `bytes_used`. Without a spare ready
-  (the first segment, a full disk) a segment grows as it is written, as before.
+  thread zero-fills the file the next segment will be (`agent.spool_segments` says why:
+  cheaper fdatasyncs). The cost is disk: up to two segments of zeros beyond `bytes_used`.
+  Without a spare ready (the first segment, a full disk) a segment grows as it is written.
 * **Limits**: an append that would take the segments past `max_bytes`, or the
   filesystem's free space under `min_free_bytes`, raises `SpoolFull` and stores nothing.
   ENOSPC from the filesystem does the same: the segment is cut back to where it was.
@@ -53,6 +51,7 @@ from agent.errors import SpoolError, SpoolFormatError, SpoolFull
 from agent.fsio import fsync_dir, write_all, write_atomically
 from agent.spool_reader import Entry, ReadView, SpoolReader, SpoolStats
 from agent.spool_recovery import Segment, list_segments, lock_directory, recover_tail
+from agent.spool_segments import create_segment, prepare_spare, seal_segment
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,6 @@ FREE_SPACE_TTL_S: Final = 0.1
 # Commits run on the event loop while an fdatasync takes less than this on average (a
 # thread hop costs ~100 us here, more than most syncs); above it, in the write thread.
 INLINE_SYNC_BUDGET_S: Final = 0.001
-ZERO_CHUNK: Final = 1024 * 1024  # bytes per write while zero-filling a spare
 GATHER_ROUNDS: Final = 4  # event-loop turns a commit waits for appends to join it
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _Waiting = tuple[list[bytes], "asyncio.Future[range]"]  # an append's payloads and its answer
@@ -312,32 +310,10 @@ class Spool:
         half_full = end > self.config.segment_bytes // 2
         if half_full and self.config.preallocate and not self._spare_wanted:
             self._spare_wanted = True
-            self._spare_io.submit(self._prepare_spare)
+            self._spare_io.submit(
+                prepare_spare, self.dir, self.config.segment_bytes, self.config.min_free_bytes
+            )
         return end
-
-    def _prepare_spare(self) -> None:
-        """Zero-fill the file the next segment will be; runs in its own thread. Skipped
-        when it would take the filesystem under `min_free_bytes`; a failure only costs
-        speed (the next segment grows as it is written)."""
-        spare, tmp = fmt.spare_path(self.dir), fmt.spare_tmp_path(self.dir)
-        size = self.config.segment_bytes
-        st = os.statvfs(self.dir)
-        if spare.exists() or st.f_bavail * st.f_frsize < size + self.config.min_free_bytes:
-            return
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-            try:
-                zeros = bytes(min(size, ZERO_CHUNK))
-                for offset in range(0, size, len(zeros)):
-                    write_all(fd, zeros[: size - offset], offset)
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, spare)
-            fsync_dir(self.dir)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            log.warning("could not zero-fill the next spool segment (appends still work): %s", exc)
 
     def _cut_back(self, offset: int, cause: OSError) -> None:
         try:
@@ -373,35 +349,14 @@ class Spool:
         before use."""
         if self._active_fd >= 0:
             self._sync_if_dirty()
-            self._seal(self._active_fd, self._segments[-1].size)
-        path = fmt.segment_path(self.dir, first_seq)
+            seal_segment(self._active_fd, self._segments[-1].size)
+        path, fd = create_segment(self.dir, first_seq)
         self._spare_wanted = False
-        try:
-            os.rename(fmt.spare_path(self.dir), path)
-            fd = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            write_all(fd, fmt.encode_segment_header(first_seq), 0)
-            os.fsync(fd)
-            fsync_dir(self.dir)
-        except OSError:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise
         if self._active_fd >= 0:
             os.close(self._active_fd)
         self._active_fd = fd
         self._segments.append(Segment(first_seq, path, fmt.SEGMENT_HEADER_SIZE))
         self._durable_offset = fmt.SEGMENT_HEADER_SIZE
-
-    @staticmethod
-    def _seal(fd: int, size: int) -> None:
-        """Cut a segment's zeros off: only the newest segment may end in zeros."""
-        if os.fstat(fd).st_size > size:
-            os.ftruncate(fd, size)
-            os.fdatasync(fd)
 
     # --- reading and acknowledging --------------------------------------------------------
 
