@@ -11,7 +11,8 @@ Per connection:
 - requests are handled one at a time and answered in order; pipelined ones queue, and
   reading pauses at `MAX_QUEUED` or while the client does not read its answers;
 - a request must arrive whole within `Limits.request_timeout_s` of its first byte (408);
-  a keep-alive connection with nothing under way closes after `Limits.idle_timeout_s`;
+  a keep-alive connection with nothing under way closes after `Limits.idle_timeout_s`,
+  and is dropped a sweep later if a client that does not read still holds it open;
 - limits: URL `MAX_URL_BYTES` (414); headers `MAX_HEADER_BYTES` and `MAX_HEADERS` (431);
   body `Limits.max_body_bytes` (413: from Content-Length before the body is read, or while
   a chunked body arrives); malformed HTTP gets 400;
@@ -420,8 +421,13 @@ class _Connection(asyncio.Protocol):
             self._close()
 
     def close_if_idle_since(self, moment: float) -> None:
+        """Close an idle connection; drop one that was closed before and is still here
+        (a client that does not read keeps a closed transport waiting for its buffer)."""
         if self._worker is None and not self._in_message and self._idle_since < moment:
-            self._close()
+            if self._transport is not None and self._transport.is_closing():
+                self.abort()
+            else:
+                self._close()
 
     def _close(self) -> None:
         if self._transport is not None and not self._lingering:

@@ -258,6 +258,19 @@ async def test_an_idle_keep_alive_connection_is_closed(connect: Connect):
     assert 0.9 < asyncio.get_running_loop().time() - started < 3.5  # idle_timeout_s + a sweep
 
 
+async def test_a_client_that_never_reads_its_answers_is_dropped(
+    server: HttpServer, connect: Connect
+):
+    _, writer = await connect()
+    writer.transport.set_write_buffer_limits(high=1 << 24)  # type: ignore[attr-defined]
+    writer.write(post(b"x" * 1000) * 5000)  # 5 MB of answers it will not read
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        if not server._connections:
+            return
+    raise AssertionError("the connection was never dropped")
+
+
 async def test_a_half_closed_client_still_gets_its_answers(connect: Connect):
     reader, writer = await connect()
     writer.write(post(b"one") + post(b"two"))
