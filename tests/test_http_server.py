@@ -139,12 +139,15 @@ async def test_http_10_closes_unless_asked_to_keep_alive(connect: Connect):
     assert await closed(reader)
 
 
-async def test_connection_close_is_honoured(connect: Connect):
+async def test_connection_close_is_honoured_and_nothing_after_it_is_read(
+    connect: Connect, app: App
+):
     reader, writer = await connect()
-    writer.write(post(b"x", b"Connection: close\r\n"))
+    writer.write(post(b"x", b"Connection: close\r\n") + post(b"after the close"))
     status, headers, _ = await read_response(reader)
     assert (status, headers["connection"]) == (200, "close")
     assert await closed(reader)
+    assert [r.body for r in app.seen] == [b"x"]
 
 
 async def test_head_is_a_get_without_the_body(connect: Connect):
