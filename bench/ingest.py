@@ -135,6 +135,12 @@ def start_agent(directory: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def warm_up(port: int, array: bytes, segment_bytes: int = 16 * 1024 * 1024) -> int:
     """Post 1,000-record arrays until the agent appends into a zero-filled segment, as it
     does from its second segment on (spool.preallocate); the records posted."""
@@ -211,20 +217,23 @@ def run(root: Path, seconds: float) -> None:
         print("segment, as it does from its second segment on (spool.preallocate)\n")
         print(
             f"{'conns':>5} {'agent req/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'bare 204/s':>10} "
-            f"{'N/t_sync':>9} {'ratio':>6} {'p99 target':>10} {'own 204/s':>10}"
+            f"{'N/t_sync':>9} {'ratio':>6} {'p99 target':>10} {'own 204/s':>10} "
+            f"{'agent CPU us/req':>16}"
         )
         for n in (8, 64, 256):
             ceiling_http = wrk(f"http://127.0.0.1:{bare_port}/usage", n, seconds, one, script)[
                 "rps"
             ]
+            cpu_before = cpu_seconds(agent.pid)
             got = wrk(f"http://127.0.0.1:{agent_port}/usage", n, seconds, one, script)
+            cpu_per_request = (cpu_seconds(agent.pid) - cpu_before) / (got["rps"] * seconds)
             own_http = wrk(f"http://127.0.0.1:{own_port}/usage", n, seconds, one, script)["rps"]
             ceiling = min(ceiling_http, n / sync)
             target = f"{3 * sync * 1e3 + 2:.2f}" if n == 8 else "-"
             print(
                 f"{n:>5} {got['rps']:>11.0f} {got['p50_ms']:>7.2f} {got['p99_ms']:>7.2f} "
                 f"{ceiling_http:>10.0f} {n / sync:>9.0f} {got['rps'] / ceiling:>6.2f} "
-                f"{target:>10} {own_http:>10.0f}"
+                f"{target:>10} {own_http:>10.0f} {cpu_per_request * 1e6:>16.1f}"
             )
         bare_arrays = wrk(f"http://127.0.0.1:{bare_port}/usage", 8, seconds, array, script)["rps"]
         arrays = wrk(f"http://127.0.0.1:{agent_port}/usage", 8, seconds, array, script)
