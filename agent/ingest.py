@@ -102,10 +102,14 @@ def routes(state: IngestState) -> Routes:
 
 
 def refused_by_http(state: IngestState, error: HttpError) -> Response:
-    """The answer to a request the HTTP layer refused (or no route takes), counted."""
+    """The answer to a request the HTTP layer refused (or no route takes), counted by
+    status, and as a rejected record unless it was for a path that is not ours. (The
+    latency histogram is for answers that a handler timed.)"""
     headers = {"Allow": error.allow} if error.allow else None
-    state.metrics.ingest.rejected[error.reason] += 1
-    state.metrics.ingest.answered(error.status, 0.0)
+    counts = state.metrics.ingest
+    counts.requests[error.status] += 1
+    if error.status != 404:
+        counts.rejected[error.reason] += 1
     return json_response(error.status, {"error": str(error)}, headers)
 
 

@@ -242,9 +242,11 @@ async def test_a_bad_idempotency_key_is_refused(start_agent: AgentFactory):
 
 
 async def test_health_readiness_status_and_metrics(start_agent: AgentFactory):
-    agent = await start_agent()
+    agent = await start_agent(ingest={"max_request_bytes": 2000})
     await agent.post([record(1), record(2)])
     await agent.post(record(3, recordValue=1.5))
+    await agent.post([record(n) for n in range(30)])  # refused by the HTTP layer: 413
+    await agent.get("/nowhere")  # 404: a request, not a rejected record
     assert await agent.get("/healthz") == (200, {"status": "alive"})
     assert await agent.get("/readyz") == (200, {"status": "ready"})
     status, body = await agent.get("/status")
@@ -258,9 +260,13 @@ async def test_health_readiness_status_and_metrics(start_agent: AgentFactory):
         "usage_agent_records_accepted_total 2.0",
         'usage_agent_records_rejected_total{reason="invalid_record"} 1.0',
         'usage_agent_ingest_requests_total{status="202"} 1.0',
+        'usage_agent_records_rejected_total{reason="body_too_large"} 1.0',
+        'usage_agent_ingest_requests_total{status="413"} 1.0',
+        'usage_agent_ingest_requests_total{status="404"} 1.0',
         "usage_agent_spool_records 2.0",
     ):
         assert expected in lines
+    assert not any("not_found" in line for line in lines)
     assert any(line.startswith("usage_agent_ingest_request_seconds_bucket") for line in lines)
     assert any(line.startswith("usage_agent_spool_fsync_seconds_count") for line in lines)
     assert any(line.startswith("usage_agent_spool_records_per_commit_sum") for line in lines)
