@@ -418,15 +418,20 @@ class _Connection(asyncio.Protocol):
 
     # --- closing ------------------------------------------------------------------------------
 
+    @property
+    def _idle(self) -> bool:
+        """Nothing under way: no request being read, none being answered."""
+        return self._worker is None and not self._in_message
+
     def close_when_idle(self) -> None:
         self._close_when_idle = True
-        if self._worker is None and not self._in_message:
+        if self._idle:
             self._close()
 
     def close_if_idle_since(self, moment: float) -> None:
         """Close an idle connection; drop one that was closed before and is still here
         (a client that does not read keeps a closed transport waiting for its buffer)."""
-        if self._worker is None and not self._in_message and self._idle_since < moment:
+        if self._idle and self._idle_since < moment:
             if self._transport is not None and self._transport.is_closing():
                 self.abort()
             else:
