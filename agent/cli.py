@@ -16,12 +16,13 @@ import sys
 import aiohttp
 import orjson
 
-from agent import __version__, config, deadletter, reconcile
-from agent.auth import TokenError
+from agent import __version__, config
+from agent.delivery import deadletter, reconcile
+from agent.delivery.auth import TokenError
+from agent.delivery.uplink import LookupFailed
 from agent.errors import AgentError
 from agent.service import Service
 from agent.testing.fake_paigo import FakePaigo
-from agent.uplink import LookupFailed
 
 DEFAULT_CONFIG = "/etc/usage-agent/agent.toml"
 EXIT_CONFIG = 2

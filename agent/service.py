@@ -27,19 +27,20 @@ from pathlib import Path
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from agent import __version__, deadletter
-from agent.auth import TokenManager
+from agent import __version__
 from agent.config import Config, IngestConfig, socket_mode
-from agent.deadletter import DeadLetterFile
+from agent.delivery import deadletter
+from agent.delivery.auth import TokenManager
+from agent.delivery.deadletter import DeadLetterFile
+from agent.delivery.ledger import Ledger
+from agent.delivery.sender import Sender
+from agent.delivery.uplink import Uplink
 from agent.errors import AgentError, ConfigError
 from agent.http_server import HttpServer, Limits
 from agent.idempotency import IdempotencyStore
 from agent.ingest import IngestState, oldest_unsent_age, refused_by_http, routes
-from agent.ledger import Ledger
 from agent.metrics import Metrics
-from agent.sender import Sender
 from agent.spool import Spool
-from agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Run from the project root: .venv/bin/python tests/data/make_samples.py
 Each sample is a spool directory whose segments hold frames with payloads b"record-<seq>";
-tests/test_spool_recovery.py says what the agent must make of each.
+tests/spool/test_recovery.py says what the agent must make of each.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from agent import spool_format as fmt
+from agent.spool import format as fmt
 
 HERE = Path(__file__).parent
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent import spool_format as fmt
+from agent.spool import format as fmt
 
 
 def test_crc32c_matches_the_standard_check_value():

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from agent import spool_format as fmt
 from agent.fsio import write_atomically
+from agent.spool import format as fmt
 
 log = logging.getLogger(__name__)
 

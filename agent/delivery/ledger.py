@@ -4,7 +4,7 @@ Two parts, both under `spool.dir`:
 
 * **Marks** (`ledger/`, a spool of its own, fsynced): before a record is first sent, its
   sequence number is marked. After a crash, a record that is still in the spool *and*
-  marked may have reached Paigo: it is checked (see `agent.sender`) instead of being sent
+  marked may have reached Paigo: it is checked (see `agent.delivery.sender`) instead of being sent
   blind. Marks behind the spool's persisted cursor are dropped, so the marks hold about what
   was in flight; start-up reads them all.
 * **Deliveries** (`delivered.jsonl`, then `delivered.1.jsonl`): one JSON line per record

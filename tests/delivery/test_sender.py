@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from agent import deadletter
+from agent.delivery import deadletter
 from agent.testing.fake_paigo import FakePaigo
 from tests.conftest import (
     AgentFactory,

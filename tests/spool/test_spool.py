@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import spool_format as fmt
 from agent.config import SpoolConfig
 from agent.errors import SpoolError, SpoolFull, SpoolLocked
 from agent.spool import Spool
+from agent.spool import format as fmt
 from tests.conftest import SpoolFactory
 
 

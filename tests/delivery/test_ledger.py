@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.config import SpoolConfig
-from agent.ledger import DELIVERED_OLD, Ledger, read_deliveries
+from agent.delivery.ledger import DELIVERED_OLD, Ledger, read_deliveries
 
 
 def fields(n: int) -> dict[str, object]:

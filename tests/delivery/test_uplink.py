@@ -7,7 +7,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from agent.uplink import Outcome, Reply, classify, parse_retry_after
+from agent.delivery.uplink import Outcome, Reply, classify, parse_retry_after
 
 NOW = 1_800_000_000.0
 
@@ -82,7 +82,7 @@ def test_per_record_results_of_an_array_answer():
 
 
 def test_the_read_window_is_one_second_either_side_in_utc():
-    from agent.uplink import read_window
+    from agent.delivery.uplink import read_window
 
     assert read_window("2026-11-25T10:00:00Z") == (
         "2026-11-25T09:59:59.000000Z",

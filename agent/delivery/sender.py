@@ -1,9 +1,9 @@
 """The delivery loop: records from the spool to the upstream, acknowledged only after a 2xx.
 
-* A reader task takes entries from the spool into lanes (`agent.lanes`), holding at most
+* A reader task takes entries from the spool into lanes (`agent.delivery.lanes`), holding at most
   `window` records that can be sent; a parked pair's records do not count against it.
 * `upstream.concurrency` workers take records lane by lane and send them through the gate
-  (`agent.gate`), one per request (`"single"`) or as arrays of unordered records
+  (`agent.delivery.gate`), one per request (`"single"`) or as arrays of unordered records
   (`"array"`); ordered records always go one at a time.
 * Each send is retried with tenacity: exponential backoff with full jitter capped at
   `retry.max_backoff_s`, without limit of attempts or time: an outage never drops billing
@@ -12,7 +12,7 @@
   to the dead-letter file first, then acknowledged). Any other answer keeps the record.
 * `upstream.delivery = "effectively-once"` (default): a record is marked in the ledger
   before its first send, and a send with an unknown outcome is resolved by asking Paigo
-  before any resend (`agent.recheck`). `"at-least-once"`: a crash or an unknown outcome
+  before any resend (`agent.delivery.recheck`). `"at-least-once"`: a crash or an unknown outcome
   re-sends, so duplicates are bounded by `upstream.concurrency` requests (times the batch
   size in array mode) plus the acknowledgements of the last `spool.cursor_interval_ms`.
 """
@@ -34,16 +34,16 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from agent.auth import TokenError, TokenManager
 from agent.config import RetryConfig, UpstreamConfig
-from agent.deadletter import DeadLetter, DeadLetterFile
-from agent.gate import Gate
-from agent.item import Item, make_item, stable_id
-from agent.lanes import Lane, Lanes
-from agent.ledger import Ledger
-from agent.recheck import Resolver
+from agent.delivery.auth import TokenError, TokenManager
+from agent.delivery.deadletter import DeadLetter, DeadLetterFile
+from agent.delivery.gate import Gate
+from agent.delivery.item import Item, make_item, stable_id
+from agent.delivery.lanes import Lane, Lanes
+from agent.delivery.ledger import Ledger
+from agent.delivery.recheck import Resolver
+from agent.delivery.uplink import Outcome, Reply, Uplink
 from agent.spool import Spool
-from agent.uplink import Outcome, Reply, Uplink
 
 log = logging.getLogger(__name__)
 

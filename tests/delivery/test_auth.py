@@ -8,8 +8,8 @@ from dataclasses import replace
 import aiohttp
 import pytest
 
-from agent.auth import TokenError, TokenManager
 from agent.config import UpstreamConfig
+from agent.delivery.auth import TokenError, TokenManager
 from agent.testing.fake_paigo import FakePaigo
 
 

@@ -1,6 +1,6 @@
 """The write-ahead spool: durable group-commit appends, ordered reads, out-of-order acks.
 
-The byte layout is in `agent.spool_format`. This module is the behaviour:
+The byte layout is in `agent.spool.format`. This module is the behaviour:
 
 * **Append** (`append`): a call's payloads become consecutive frames, all or none. Calls
   that arrive while a write is under way wait and then share the next `pwrite` and
@@ -11,7 +11,7 @@ The byte layout is in `agent.spool_format`. This module is the behaviour:
   write and sync run on the event loop while syncs are fast (a thread hop would cost more
   than the sync), in a thread of their own once they are slow.
 * **Zero-filled segments** (`preallocate`): once the active segment is half full, a
-  thread zero-fills the file the next segment will be (`agent.spool_segments` says why:
+  thread zero-fills the file the next segment will be (`agent.spool.segments` says why:
   cheaper fdatasyncs). The cost is disk: up to two segments of zeros beyond `bytes_used`.
   Without a spare ready (the first segment, a full disk) a segment grows as it is written.
 * **Limits**: an append that would take the segments past `max_bytes`, or the
@@ -45,13 +45,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, Protocol
 
-from agent import spool_format as fmt
 from agent.config import SpoolConfig
 from agent.errors import SpoolError, SpoolFormatError, SpoolFull
 from agent.fsio import fsync_dir, write_all, write_atomically
-from agent.spool_reader import Entry, ReadView, SpoolReader, SpoolStats
-from agent.spool_recovery import Segment, list_segments, lock_directory, recover_tail
-from agent.spool_segments import create_segment, prepare_spare, seal_segment
+from agent.spool import format as fmt
+from agent.spool.reader import Entry, ReadView, SpoolReader, SpoolStats
+from agent.spool.recovery import Segment, list_segments, lock_directory, recover_tail
+from agent.spool.segments import create_segment, prepare_spare, seal_segment
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from agent.auth import TokenManager
 from agent.config import SpoolConfig, UpstreamConfig
-from agent.item import make_item
-from agent.ledger import Ledger
-from agent.recheck import Resolver
+from agent.delivery.auth import TokenManager
+from agent.delivery.item import make_item
+from agent.delivery.ledger import Ledger
+from agent.delivery.recheck import Resolver
+from agent.delivery.uplink import Uplink
 from agent.records import Envelope, encode_envelope
 from agent.testing.fake_paigo import FakePaigo
-from agent.uplink import Uplink
 from tests.conftest import record
 
 

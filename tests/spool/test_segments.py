@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import spool_format as fmt
-from agent.spool_segments import create_segment, prepare_spare, seal_segment
+from agent.spool import format as fmt
+from agent.spool.segments import create_segment, prepare_spare, seal_segment
 
 SIZE = 256 * 1024
 

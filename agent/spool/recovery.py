@@ -13,10 +13,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import spool_format as fmt
 from agent.errors import SpoolFormatError, SpoolLocked
 from agent.fsio import fsync_dir, truncate_durably
-from agent.spool_reader import SpoolStats, quarantine
+from agent.spool import format as fmt
+from agent.spool.reader import SpoolStats, quarantine
 
 log = logging.getLogger(__name__)
 

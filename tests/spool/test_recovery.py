@@ -11,7 +11,7 @@ from agent.config import SpoolConfig
 from agent.errors import SpoolFormatError
 from agent.spool import Spool
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 
 
 async def open_sample(name: str, tmp_path: Path) -> Spool:

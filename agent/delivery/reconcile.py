@@ -1,6 +1,6 @@
 """`usage-agent reconcile`: what the agent delivered, against what Paigo holds.
 
-For the records in the deliveries file (`agent.ledger`) whose timestamps fall in
+For the records in the deliveries file (`agent.delivery.ledger`) whose timestamps fall in
 [since, until), it reads each customer's raw usage from Paigo's read API over the same
 window and matches records by their stable id (`metadata[upstream.id_key]`):
 
@@ -20,10 +20,10 @@ from datetime import datetime
 import aiohttp
 import orjson
 
-from agent.auth import TokenManager
 from agent.config import Config
-from agent.ledger import read_deliveries
-from agent.uplink import Uplink
+from agent.delivery.auth import TokenManager
+from agent.delivery.ledger import read_deliveries
+from agent.delivery.uplink import Uplink
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from agent import ledger
 from agent.cli import main
+from agent.delivery import ledger
 from agent.testing.fake_paigo import FakePaigo
 from tests.conftest import AgentFactory, delivering, eventually, record
 from tests.integration.agent_process import write_config

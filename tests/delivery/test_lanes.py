@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.lanes import Lanes
+from agent.delivery.lanes import Lanes
 
 
 def test_an_ordered_lane_has_one_in_flight_and_keeps_order():

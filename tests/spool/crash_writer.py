@@ -1,6 +1,6 @@
 """A spool writer to be killed: appends and consumes at random, printing every ack.
 
-Run by tests/test_spool_crash.py as `python tests/crash_writer.py DIR`. It prints `READY`,
+Run by tests/spool/test_crash.py as `python tests/spool/crash_writer.py DIR`. It prints `READY`,
 then `A <seq> <payload>` once an append of that payload is acknowledged (durable). A
 consumer reads and acknowledges in shuffled order, so the cursor moves and segments are
 deleted while the process may be killed at any moment.

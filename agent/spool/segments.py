@@ -5,7 +5,7 @@ Why zeros: an fdatasync after an append into blocks a file already has flushes t
 blocks only; an append that grows the file also changes its size and block map, which go
 through the filesystem's journal. On this machine's ext4 that is ~110 us against ~180 us
 for a 4 KiB append (bench/ingest.py prints both). So the spool writes its frames over
-zeros, and only the newest segment may end in zeros (see spool_format.py).
+zeros, and only the newest segment may end in zeros (see format.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import Final
 
-from agent import spool_format as fmt
 from agent.fsio import fsync_dir, write_all
+from agent.spool import format as fmt
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.gate import INITIAL_LIMIT, Gate
+from agent.delivery.gate import INITIAL_LIMIT, Gate
 
 
 class Clock:

@@ -11,7 +11,7 @@ side of the record's timestamp:
 * not found: sent again;
 * the check itself fails: the record stays unknown and the check is retried with backoff.
 
-The ledger (`agent.ledger`) makes this survive crashes: a record is marked before its
+The ledger (`agent.delivery.ledger`) makes this survive crashes: a record is marked before its
 first send, and a marked record found in the spool after a restart starts out unknown.
 """
 
@@ -22,8 +22,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from agent.config import UpstreamConfig
-from agent.ledger import Ledger
-from agent.uplink import LookupFailed, Uplink
+from agent.delivery.ledger import Ledger
+from agent.delivery.uplink import LookupFailed, Uplink
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from agent.lanes import LaneKey
+from agent.delivery.lanes import LaneKey
 from agent.records import Envelope, decode_envelope
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent import deadletter
-from agent.deadletter import DeadLetter, DeadLetterFile
+from agent.delivery import deadletter
+from agent.delivery.deadletter import DeadLetter, DeadLetterFile
 
 
 def letter(n: int) -> DeadLetter:
