@@ -43,7 +43,7 @@ DELIVERY_MODES: Final = ("effectively-once", "at-least-once")
 class SpoolConfig:
     dir: str = "/var/lib/usage-agent/spool"
     max_bytes: int = 1024 * MiB
-    min_free_bytes: int = 256 * MiB
+    min_free_bytes: int = -1  # -1: the smaller of 256 MiB and 5 % of the volume
     segment_bytes: int = 16 * MiB
     preallocate: bool = True
     fsync: str = "always"
@@ -265,7 +265,6 @@ _POSITIVE: Final = (
 )
 _NON_NEGATIVE: Final = (
     "shutdown_grace_s",
-    "spool.min_free_bytes",
     "upstream.linger_ms",
     "upstream.unknown_settle_s",
 )
@@ -290,6 +289,12 @@ def _check(config: Config) -> None:
     for key in _NON_NEGATIVE:
         if (value := _value(config, key)) < 0:
             raise ConfigError(src, key, f"must not be negative, not {value}")
+    if spool.min_free_bytes < -1:
+        raise ConfigError(
+            src,
+            "spool.min_free_bytes",
+            f"must be -1 (scaled to the volume) or more, not {spool.min_free_bytes}",
+        )
     _check_upstream(config)
     if spool.segment_bytes > spool.max_bytes:
         raise ConfigError(src, "spool.segment_bytes", "must not be larger than spool.max_bytes")

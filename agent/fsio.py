@@ -1,10 +1,30 @@
-"""Durable file operations: what it takes for bytes and names to survive a power loss."""
+"""Durable file operations: what it takes for bytes and names to survive a power loss.
+
+Every file the agent makes in its spool directory is made through `open_private` or
+`write_atomically`: mode 0640 whatever the umask lets through, never through a symlink
+(`O_NOFOLLOW`), and a temporary file is always a new one (`O_EXCL`), so a link planted in
+the directory cannot make the agent write anywhere else.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
+
+FILE_MODE: Final = 0o640
+
+
+def open_private(path: Path, flags: int) -> int:
+    """`os.open` for a file of the agent's own: created 0640, never through a symlink."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+
+
+def write_all_appending(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def fsync_dir(path: Path) -> None:
@@ -18,13 +38,18 @@ def fsync_dir(path: Path) -> None:
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace `path` by `data`: temp file, fsync, rename, fsync of the directory."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    tmp.unlink(missing_ok=True)  # a leftover of a failed write (or something planted)
+    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
-        write_all(fd, data, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            write_all(fd, data, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # no empty cursor.tmp left behind by a full disk
+        raise
     fsync_dir(path.parent)
 
 
@@ -37,7 +62,7 @@ def write_all(fd: int, data: bytes, offset: int) -> None:
 
 
 def truncate_durably(path: Path, size: int) -> None:
-    fd = os.open(path, os.O_WRONLY)
+    fd = open_private(path, os.O_WRONLY)
     try:
         os.ftruncate(fd, size)
         os.fsync(fd)

@@ -22,14 +22,16 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Final
 
 import orjson
 
-from agent.config import IngestConfig, SpoolConfig
-from agent.spool import Spool
+from agent.config import IngestConfig, MiB, SpoolConfig
+from agent.spool.side import side_spool
 
-MAX_KEY_CHARS = 255
+MAX_KEY_CHARS: Final = 255
+MAX_BYTES: Final = 64 * MiB  # past it a key is remembered in memory only, until a restart
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +64,7 @@ class IdempotencyStore:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        key_dir = f"{spool_config.dir.rstrip('/')}/idempotency"
-        self._spool = Spool(replace(spool_config, dir=key_dir, fsync="always", min_free_bytes=0))
+        self._spool = side_spool(spool_config, "idempotency", MAX_BYTES)
         self._window = ingest.idempotency_window_s
         self._max_keys = ingest.idempotency_max_keys
         self._clock = clock
@@ -82,6 +83,10 @@ class IdempotencyStore:
 
     async def stop(self) -> None:
         await self._spool.close()
+
+    @property
+    def bytes_used(self) -> int:
+        return self._spool.bytes_used
 
     def __len__(self) -> int:
         return len(self._keys)

@@ -39,6 +39,7 @@ import orjson
 
 from agent import __version__
 from agent.config import IngestConfig
+from agent.delivery.sender import DeliveryStatus
 from agent.errors import RecordInvalid, SpoolError, SpoolFull
 from agent.http_server import HttpError, Request, Response, Routes
 from agent.idempotency import Answer, IdempotencyStore, key_problem
@@ -65,7 +66,7 @@ class IngestState:
     reserved_key: str | None = None  # the metadata key the agent fills with the record id
     started_at: float = field(default_factory=time.time)
     shutting_down: bool = False
-    delivery_status: Callable[[], dict[str, object]] = dict
+    delivery_status: Callable[[], DeliveryStatus | None] = lambda: None
 
 
 class Refused(Exception):
@@ -279,14 +280,18 @@ async def readyz(state: IngestState, request: Request) -> Response:
 
 
 def not_ready_reasons(state: IngestState) -> list[str]:
+    """Why the agent cannot take new usage now, or cannot deliver it ([] when ready)."""
+    spool = state.spool.status()
+    delivery = state.delivery_status()
     reasons = []
     if state.shutting_down:
         reasons.append("shutting down")
-    if why := state.spool.writable:
-        reasons.append(f"spool not writable: {why}")
-    delivery = state.delivery_status()
-    if delivery.get("degraded"):
-        reasons.append(f"delivery degraded: {delivery.get('reason')}")
+    if spool.unwritable:
+        reasons.append(f"spool not writable: {spool.unwritable}")
+    if spool.full:
+        reasons.append(spool.full)
+    if delivery is not None and delivery.degraded:
+        reasons.append(f"delivery degraded: {delivery.degraded}")
     return reasons
 
 
@@ -308,8 +313,7 @@ def oldest_unsent_age(spool: Spool) -> float | None:
 
 
 async def status(state: IngestState, request: Request) -> Response:
-    spool = state.spool
-    stats = spool.stats
+    delivery = state.delivery_status()
     reasons = not_ready_reasons(state)
     body = {
         "version": __version__,
@@ -317,17 +321,10 @@ async def status(state: IngestState, request: Request) -> Response:
         "ready": not reasons,
         "not_ready_reasons": reasons,
         "spool": {
-            "dir": str(spool.dir),
-            "backlog_records": spool.backlog,
-            "oldest_unsent_age_s": oldest_unsent_age(spool),
-            "bytes": spool.bytes_used,
-            "max_bytes": spool.config.max_bytes,
-            "fsync": spool.config.fsync,
-            "lost_records": stats.lost_records,
-            "quarantined_bytes": stats.quarantined_bytes,
-            "torn_tail_bytes": stats.torn_tail_bytes,
+            **state.spool.status().as_dict(),
+            "oldest_unsent_age_s": oldest_unsent_age(state.spool),
         },
         "idempotency_keys": len(state.keys),
-        "delivery": state.delivery_status(),
+        "delivery": delivery.as_dict() if delivery is not None else {},
     }
     return json_response(200, body)

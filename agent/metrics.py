@@ -20,6 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from agent.delivery.sender import DeliveryStatus
 from agent.spool import Spool
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5)
@@ -63,7 +64,7 @@ class Metrics:
         self.upstream_requests.labels(str(status)).inc()
         self.upstream_seconds.observe(seconds)
 
-    def watch_sender(self, status: Callable[[], dict[str, object]]) -> None:
+    def watch_sender(self, status: Callable[[], DeliveryStatus]) -> None:
         self.registry.register(_SenderCollector(status))
 
     # SpoolObserver
@@ -138,18 +139,32 @@ class _SpoolCollector(Collector):
         self._oldest_age = oldest_age
 
     def collect(self) -> Iterable[Metric]:
-        spool = self._spool
-        stats = spool.stats
+        status = self._spool.status()
         levels = {
-            "usage_agent_spool_bytes": ("Bytes of segment files in the spool.", spool.bytes_used),
-            "usage_agent_spool_records": ("Records stored and not yet delivered.", spool.backlog),
+            "usage_agent_spool_bytes": (
+                "Bytes of segment files in the spool.",
+                status.segment_bytes,
+            ),
+            "usage_agent_spool_used_bytes": (
+                "Bytes counted against spool.max_bytes (segments, side spools, deliveries file).",
+                status.bytes,
+            ),
+            "usage_agent_spool_max_bytes": ("spool.max_bytes.", status.max_bytes),
+            "usage_agent_spool_full": (
+                "1 when an append would be refused for lack of room (ingest answers 507).",
+                1 if status.full else 0,
+            ),
+            "usage_agent_spool_records": (
+                "Records stored and not yet delivered.",
+                status.backlog_records,
+            ),
             "usage_agent_spool_lost_records": (
                 "Records lost to damaged spool frames since start (quarantined).",
-                stats.lost_records,
+                status.lost_records,
             ),
             "usage_agent_spool_quarantined_bytes": (
                 "Damaged spool bytes copied to quarantine/ since start.",
-                stats.quarantined_bytes,
+                status.quarantined_bytes,
             ),
         }
         for name, (text, value) in levels.items():
@@ -163,49 +178,63 @@ class _SpoolCollector(Collector):
 
 
 class _SenderCollector(Collector):
-    def __init__(self, status: Callable[[], dict[str, object]]) -> None:
+    def __init__(self, status: Callable[[], DeliveryStatus]) -> None:
         self._status = status
 
     def collect(self) -> Iterable[Metric]:
         state = self._status()
+        left = state.left
         counters = {
-            "usage_agent_records_delivered": ("Records delivered upstream (2xx).", "delivered"),
+            "usage_agent_records_delivered": (
+                "Records delivered upstream (2xx).",
+                left.get("delivered", 0),
+            ),
             "usage_agent_records_dead_lettered": (
                 "Records the upstream refused for good, in the dead-letter file.",
-                "dead_lettered",
+                left.get("dead_lettered", 0),
             ),
             "usage_agent_duplicates_prevented": (
                 "Records whose send had an unknown outcome and that Paigo was found to hold.",
-                "duplicates_prevented",
+                state.duplicates_prevented,
             ),
             "usage_agent_unknown_outcomes": (
                 "Sends whose outcome was unknown (timeout, reset, 500, 502, 504).",
-                "unknown_outcomes",
+                state.unknown_outcomes,
+            ),
+            "usage_agent_deliveries_not_recorded": (
+                "Deliveries not written to the deliveries file (disk full, write error).",
+                state.deliveries_not_recorded,
             ),
         }
-        for name, (text, key) in counters.items():
-            yield CounterMetricFamily(name, text, value=_number(state[key]))
+        for name, (text, value) in counters.items():
+            yield CounterMetricFamily(name, text, value=value)
+        by_reason = CounterMetricFamily(
+            "usage_agent_records_left",
+            "Records that left the agent's care, by reason (delivered, found, "
+            "dead_lettered, unreadable).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(left.items()):
+            by_reason.add_metric([reason], count)
+        yield by_reason
         gauges = {
             "usage_agent_delivery_concurrency_limit": (
                 "Sends allowed in flight now.",
-                "concurrency_limit",
+                state.concurrency_limit,
             ),
-            "usage_agent_delivery_in_flight": ("Sends in flight.", "in_flight"),
-            "usage_agent_delivery_paused_seconds": ("Seconds left in a pause.", "paused_for_s"),
+            "usage_agent_delivery_in_flight": ("Sends in flight.", state.in_flight),
+            "usage_agent_delivery_paused_seconds": (
+                "Seconds left in a pause or backoff.",
+                state.paused_for_s,
+            ),
             "usage_agent_delivery_degraded": (
                 "1 when a configuration problem stops delivery.",
-                "degraded",
+                1.0 if state.degraded else 0.0,
+            ),
+            "usage_agent_delivery_parked_pairs": (
+                "Customer/dimension pairs parked after a 404.",
+                len(state.parked_pairs),
             ),
         }
-        for name, (text, key) in gauges.items():
-            yield GaugeMetricFamily(name, text, value=_number(state[key]))
-        parked = state["parked_pairs"]
-        yield GaugeMetricFamily(
-            "usage_agent_delivery_parked_pairs",
-            "Customer/dimension pairs parked after a 404.",
-            value=len(parked) if isinstance(parked, list) else 0,
-        )
-
-
-def _number(value: object) -> float:
-    return float(value) if isinstance(value, int | float | bool) else 0.0
+        for name, (text, level) in gauges.items():
+            yield GaugeMetricFamily(name, text, value=float(level))

@@ -290,6 +290,26 @@ def encode_envelopes(
     ]
 
 
+# --- Record identity ----------------------------------------------------------------------
+#
+# Every record has one *stable id*, the same across restarts and resends: the app's
+# idempotency key for it (`<Idempotency-Key>:<index>`) when the request had one, else the
+# agent's id `<spool id>-<seq>`, which `POST /usage` answers in `ids`. It is what goes
+# upstream in `metadata[upstream.record_id_metadata_key]`, what the deliveries and
+# dead-letter files carry, and what `reconcile` and the effectively-once check look for.
+
+
+def agent_record_ids(spool_id: str, seqs: range) -> list[str]:
+    """The agent's ids of the records stored at `seqs` in the spool `spool_id`."""
+    prefix = f"{spool_id}-"
+    return [prefix + str(seq) for seq in seqs]
+
+
+def stable_id(envelope: Envelope, spool_id: str, seq: int) -> str:
+    """The record's stable id: the app's idempotency key for it, else the agent's id."""
+    return envelope.key or f"{spool_id}-{seq}"
+
+
 def decode_envelope(payload: bytes) -> Envelope:
     """The envelope in `payload`; ValueError if it is not a version-1 envelope."""
     if len(payload) < _ENVELOPE_HEAD.size:

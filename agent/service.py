@@ -32,6 +32,7 @@ from agent.config import Config, IngestConfig, socket_mode
 from agent.delivery import deadletter
 from agent.delivery.auth import TokenManager
 from agent.delivery.deadletter import DeadLetterFile
+from agent.delivery.exits import Exits
 from agent.delivery.ledger import Ledger
 from agent.delivery.sender import Sender
 from agent.delivery.uplink import Uplink
@@ -173,6 +174,7 @@ class Service:
         await self.spool.start()
         await self.keys.start()
         stack.push_async_callback(self.keys.stop)
+        self.spool.space.count_also(lambda: self.keys.bytes_used)
         self.metrics.watch_spool(self.spool, lambda: oldest_unsent_age(self.spool))
         state = IngestState(self.config.ingest, self.spool, self.keys, self.metrics, token)
         if self.config.upstream.enabled:
@@ -212,11 +214,13 @@ class Service:
         ledger = Ledger(self.config.spool, upstream.ledger_max_bytes)
         await ledger.start()
         self._stack.push_async_callback(ledger.stop)
+        self.spool.space.count_also(lambda: ledger.bytes_used)
+        dead_letters = DeadLetterFile(deadletter.path_in(self.config.spool.dir))
         sender = Sender(
             self.spool,
             uplink,
             TokenManager(upstream, session),
-            DeadLetterFile(deadletter.path_in(self.config.spool.dir)),
+            Exits(self.spool, ledger, dead_letters, upstream.id_key),
             ledger,
             upstream=upstream,
             retry=self.config.retry,

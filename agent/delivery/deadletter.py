@@ -15,11 +15,17 @@ record is acknowledged in the spool (so a crash between the two re-sends, never 
 
 Nothing is ever dropped from it by the agent: `usage-agent deadletter list` shows it,
 `usage-agent deadletter purge` empties it (after a person has dealt with it).
+
+The running agent and `purge` (another process) meet at an exclusive `flock` on the file:
+an append (write and fsync) and a purge (count, then cut to nothing) never interleave, so
+every letter a purge removes is counted, and a letter written during a purge is kept. The
+file is never unlinked: an appender that opened it keeps writing to the file `list` reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,11 +33,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-import aiofiles
 import aiofiles.os
 import orjson
 
-from agent.fsio import complete_lines
+from agent.fsio import complete_lines, fsync_dir, open_private, write_all_appending
 
 MAX_BODY_CHARS: Final = 4096
 FILE_NAME: Final = "deadletter.jsonl"
@@ -70,23 +75,47 @@ class DeadLetterFile:
         self.count = 0
 
     async def append(self, letters: list[DeadLetter]) -> None:
-        """Append durably (write, fsync); returns only once the lines are on disk."""
+        """Append durably: returns only once the lines, and the file's name when this made
+        the file, are on disk. OSError when they could not be written."""
         data = b"".join(letter.to_json() for letter in letters)
-        async with self._lock, aiofiles.open(self.path, "ab") as handle:
-            await handle.write(data)
-            await handle.flush()
-            await aiofiles.os.wrap(os.fsync)(handle.fileno())
+        async with self._lock:
+            await aiofiles.os.wrap(_append_locked)(self.path, data)
         self.count += len(letters)
 
 
+def _append_locked(path: Path, data: bytes) -> None:
+    fd = open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        made = os.fstat(fd).st_size == 0
+        write_all_appending(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # releases the lock
+    if made:  # a new name (or one a purge emptied): make sure its directory entry is durable
+        fsync_dir(path.parent)
+
+
 def read(path: Path) -> Iterator[dict[str, object]]:
-    """Every dead letter in the file (a torn last line, from a crash, is skipped)."""
+    """Every dead letter in the file (a torn line, from a crash, is skipped)."""
     for line in complete_lines(path):
-        yield orjson.loads(line)
+        try:
+            yield orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
 
 
 def purge(path: Path) -> int:
-    """Empty the file; the number of letters it held."""
-    count = sum(1 for _ in read(path))
-    path.unlink(missing_ok=True)
+    """Empty the file, under its lock; the number of letters it held."""
+    try:
+        fd = open_private(path, os.O_RDWR)
+    except FileNotFoundError:
+        return 0
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        count = sum(1 for _ in read(path))
+        os.ftruncate(fd, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return count

@@ -1,14 +1,20 @@
 """Backing off as one client: every send passes this gate first.
 
-* **Pause**: a 429 or 503 with Retry-After pauses every sender until then, not just the
-  request that got it.
-* **Circuit**: after `retry.circuit_failures` failures in a row, one probe at a time; the
+* **Backoff, shared**: a failed send (no answer, 429, 5xx, a configuration problem) makes
+  every sender wait, not only the one that failed. The wait grows exponentially with the
+  failures in a row (tenacity's exponential strategy, full jitter by default, capped at
+  `retry.max_backoff_s`); a success resets it. Failures of sends that started before the
+  last counted failure do not grow it again: 32 sends that fail together are one failure.
+  So however the upstream refuses, the agent's request rate falls to about one per
+  backoff: no status can make it hammer the upstream.
+* **Pause**: a Retry-After (429, 503) holds every sender until then.
+* **Circuit**: after `retry.circuit_failures` failures in a row, one send at a time; the
   first success closes it.
 * **Pace** (AIMD): the number of sends in flight starts low, grows by about one per round
   of successes up to `upstream.concurrency`, and halves on a 429 or a 5xx, so that after an
   outage the backlog drains at a pace the upstream shows it can take.
 * **Degraded**: a configuration problem (refused credentials, 403, every request 404)
-  is a reason shown in `/readyz` and `/status`; sends go on as single probes with backoff.
+  is a reason shown in `/readyz` and `/status`; sends go on one at a time with backoff.
 """
 
 from __future__ import annotations
@@ -18,29 +24,47 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Final
+
+from tenacity import AsyncRetrying, RetryCallState, wait_exponential, wait_random_exponential
+from tenacity.wait import wait_base
+
+from agent.config import RetryConfig
+from agent.delivery.policy import Decision, Health
 
 log = logging.getLogger(__name__)
 
-INITIAL_LIMIT = 4.0
-LOG_EVERY_S = 60.0
+INITIAL_LIMIT: Final = 4.0
+LOG_EVERY_S: Final = 60.0
+
+
+def backoff_strategy(retry: RetryConfig) -> wait_base:
+    """Seconds to wait after the n-th failure in a row, as tenacity computes them."""
+    kind = wait_random_exponential if retry.jitter else wait_exponential
+    return kind(
+        multiplier=retry.initial_backoff_s, max=retry.max_backoff_s, exp_base=retry.multiplier
+    )
 
 
 class Gate:
     def __init__(
         self,
         max_concurrency: int,
-        circuit_failures: int,
+        retry: RetryConfig,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max = max_concurrency
-        self.circuit_failures = circuit_failures
+        self.circuit_failures = retry.circuit_failures
         self.limit = min(INITIAL_LIMIT, float(max_concurrency))
         self.in_flight = 0
-        self.paused_until = 0.0
+        self.paused_until = 0.0  # no send starts before this (backoff or Retry-After)
         self.failures_in_a_row = 0
         self.degraded = ""
         self._clock = clock
+        self._strategy = backoff_strategy(retry)
+        self._attempt = RetryCallState(AsyncRetrying(), None, (), {})
+        self._round = 0  # grows with each counted failure; a send carries the round it began in
         self._changed = asyncio.Condition()
         self._waiting = 0
         self._logged_at = -LOG_EVERY_S
@@ -55,16 +79,26 @@ class Gate:
             return 1
         return max(1, int(self.limit))
 
-    async def acquire(self) -> None:
-        """Wait until a send may start: not paused, and under the current capacity."""
+    @property
+    def ticket(self) -> int:
+        """The round a send that begins now belongs to (what `acquire` returns)."""
+        return self._round
+
+    def paused_for(self) -> float:
+        return max(0.0, self.paused_until - self._clock())
+
+    async def acquire(self) -> int:
+        """Wait until a send may start: not paused, and under the current capacity. The
+        ticket returned goes back with the send's outcome (`record`)."""
         if self.in_flight < self.capacity and self.paused_until <= self._clock():
             self.in_flight += 1  # the usual case, decided without a suspension point
-            return
+            return self._round
         self._waiting += 1
         try:
             await self._wait_turn()
         finally:
             self._waiting -= 1
+        return self._round
 
     async def _wait_turn(self) -> None:
         async with self._changed:
@@ -72,7 +106,8 @@ class Gate:
                 wait = self.paused_until - self._clock()
                 if wait > 0:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), wait)
+                        async with asyncio.timeout(wait):
+                            await self._changed.wait()
                     continue
                 if self.in_flight < self.capacity:
                     self.in_flight += 1
@@ -81,9 +116,30 @@ class Gate:
 
     async def release(self) -> None:
         self.in_flight -= 1
+        await self._wake()
+
+    async def wake_all(self) -> None:
+        """Let every waiting sender look again (at stop, or when the capacity grew)."""
+        await self._wake()
+
+    async def _wake(self) -> None:
         if self._waiting:
             async with self._changed:
                 self._changed.notify_all()
+
+    def record(self, decision: Decision, ticket: int) -> None:
+        """Take what one answer says about the upstream as a whole."""
+        health = decision.health
+        if health is Health.HEALTHY:
+            self.succeeded()
+        elif health is Health.FAILING:
+            self.failed(ticket, overload=False)
+        elif health is Health.OVERLOADED:
+            self.failed(ticket, overload=True)
+            if decision.pause_s:
+                self.pause(decision.pause_s)
+        elif health is Health.MISCONFIGURED:
+            self.config_problem(decision.reason, ticket)
 
     def succeeded(self) -> None:
         if self.degraded:
@@ -92,11 +148,17 @@ class Gate:
         self.degraded = ""
         self.limit = min(float(self.max), self.limit + 1.0 / self.limit)
 
-    def failed(self, *, overload: bool) -> None:
-        """A transient failure; `overload` (429, 5xx) also halves the pace."""
+    def failed(self, ticket: int, *, overload: bool) -> None:
+        """A send that began in round `ticket` failed; `overload` (429, 5xx) also halves
+        the pace. Only a send of the current round counts as a new failure in a row."""
+        if ticket != self._round:
+            return  # it began before the backoff now in force: already counted
+        self._round += 1
         self.failures_in_a_row += 1
         if overload:
             self.limit = max(1.0, self.limit / 2)
+        self._attempt.attempt_number = self.failures_in_a_row
+        self.paused_until = max(self.paused_until, self._clock() + self._strategy(self._attempt))
         if self.failures_in_a_row == self.circuit_failures:
             log.warning(
                 "upstream failing: %d failures in a row; probing one at a time",
@@ -109,10 +171,11 @@ class Gate:
             self.paused_until = until
             log.warning("upstream asked to wait %.1f s: every sender pauses", seconds)
 
-    def config_problem(self, reason: str) -> None:
-        """Delivery cannot work until a person fixes something; nothing is dropped."""
+    def config_problem(self, reason: str, ticket: int) -> None:
+        """Delivery cannot work until a person fixes something; nothing is dropped, and
+        the probes back off like any failure."""
         self.degraded = reason
-        self.failures_in_a_row += 1
+        self.failed(ticket, overload=False)
         now = self._clock()
         if now - self._logged_at >= LOG_EVERY_S:
             self._logged_at = now

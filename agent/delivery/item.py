@@ -2,7 +2,8 @@
 
 `make_item` turns a spool entry into an item and its lane key (pure: no I/O). The body
 sent upstream is the app's record, byte for byte, unless an id key is configured: then
-the record's stable id is added to its metadata under that key.
+the record's stable id (`agent.records`) is added to its metadata under that key. The body
+is made once, so every resend is byte-identical to the first send.
 """
 
 from __future__ import annotations
@@ -12,37 +13,31 @@ from dataclasses import dataclass
 import orjson
 
 from agent.delivery.lanes import LaneKey
-from agent.records import Envelope, decode_envelope
+from agent.records import Envelope, decode_envelope, stable_id
 
 
 @dataclass(slots=True)
 class Item:
     seq: int
+    id: str  # the record's stable id
     envelope: Envelope
     fields: dict[str, object]  # the record as the app sent it, parsed once
     body: bytes  # the JSON sent upstream for this record
-    rid: str = ""  # the stable id sent in metadata ("" when no id key is configured)
     attempts: int = 0
-    fresh_token_tried: bool = False
-    held: bool = False  # a worker has it (between take and finish or put-back)
     unknown_since: float | None = None  # effectively-once: its last outcome is unknown
     marked: bool = False  # effectively-once: noted in the ledger as possibly sent
 
     @property
-    def record_id(self) -> str:
-        return self.rid
+    def customer(self) -> str:
+        return str(self.fields["customerId"])
 
-    def record(self) -> dict[str, object]:
-        return self.fields
-
-
-def stable_id(envelope: Envelope, agent_id: str) -> str:
-    """The record's stable id: the app's idempotency key for it, else the agent's id."""
-    return envelope.key or agent_id
+    @property
+    def dimension(self) -> str:
+        return str(self.fields["dimensionId"])
 
 
 def make_item(
-    seq: int, payload: bytes, agent_id: str, id_key: str, ordered_dims: frozenset[str]
+    seq: int, payload: bytes, spool_id: str, id_key: str, ordered_dims: frozenset[str]
 ) -> tuple[LaneKey, Item]:
     """The item for a spool entry, and its lane: ordered for `invoice=true` records and
     for the dimensions in `ordered_dims`. ValueError, KeyError or TypeError when the
@@ -50,11 +45,10 @@ def make_item(
     envelope = decode_envelope(payload)
     record = envelope.record()
     customer, dimension = str(record["customerId"]), str(record["dimensionId"])
-    item = Item(seq, envelope, record, envelope.record_json)
+    item = Item(seq, stable_id(envelope, spool_id, seq), envelope, record, envelope.record_json)
     if id_key:
-        item.rid = stable_id(envelope, agent_id)
         metadata = dict(record.get("metadata") or {})  # type: ignore[call-overload]
-        metadata[id_key] = item.rid
+        metadata[id_key] = item.id
         item.body = orjson.dumps({**record, "metadata": metadata})
     ordered = envelope.invoice or dimension in ordered_dims
     return (customer, dimension, ordered), item

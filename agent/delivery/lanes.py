@@ -4,8 +4,9 @@ Order changes the bill for Paigo's `last` aggregation and for `invoice=true` (bo
 the difference from the previous value), so such records travel in an *ordered* lane: one
 in flight at a time, in the order they were accepted. Every other record travels in an
 unordered lane, with no limit per lane. Lanes with work are served round-robin, so one busy
-pair never holds up the rest. A lane is *parked* (the upstream said 404 for its customer
-or dimension) until a given time: its records wait while the others flow.
+pair never holds up the rest. A lane can be *held* until a given time, its records waiting
+while the others flow: *parked* when the upstream said 404 for its customer or dimension,
+or held while a record's unknown outcome settles before it can be checked.
 
 Pure bookkeeping: no I/O, no clock of its own (times are passed in).
 """
@@ -26,7 +27,8 @@ class Lane(Generic[T]):
     key: LaneKey
     items: deque[T] = field(default_factory=deque)
     in_flight: int = 0
-    parked_until: float = 0.0
+    held_until: float = 0.0
+    parked: bool = False  # held because the upstream does not know the pair (404)
     queued: bool = False  # in the round-robin queue
 
     @property
@@ -34,7 +36,7 @@ class Lane(Generic[T]):
         return self.key[2]
 
     def eligible(self, now: float) -> bool:
-        if not self.items or now < self.parked_until:
+        if not self.items or now < self.held_until:
             return False
         return not self.ordered or self.in_flight == 0
 
@@ -43,7 +45,7 @@ class Lanes(Generic[T]):
     def __init__(self) -> None:
         self._lanes: dict[LaneKey, Lane[T]] = {}
         self._ready: deque[Lane[T]] = deque()
-        self._parked: dict[LaneKey, Lane[T]] = {}
+        self._held: dict[LaneKey, Lane[T]] = {}
         self.buffered = 0  # items held, in flight or not
 
     def add(self, key: LaneKey, item: T, now: float) -> None:
@@ -105,29 +107,35 @@ class Lanes(Generic[T]):
         if not lane.items and lane.in_flight == 0:
             self._lanes.pop(lane.key, None)
 
-    def put_back(self, lane: Lane[T], item: T, now: float, park_until: float = 0.0) -> None:
-        """The item goes back to the front of its lane (to be sent again, first)."""
+    def put_back(
+        self, lane: Lane[T], item: T, now: float, *, until: float = 0.0, parked: bool = False
+    ) -> None:
+        """The item goes back to the front of its lane (to be sent again, first); with
+        `until`, the lane is held until then (`parked`: because of a 404)."""
         lane.in_flight -= 1
         lane.items.appendleft(item)
-        if park_until > lane.parked_until:
-            lane.parked_until = park_until
-            self._parked[lane.key] = lane
+        if until > lane.held_until:
+            lane.held_until = until
+            lane.parked = lane.parked or parked
+            self._held[lane.key] = lane
         self._offer(lane, now)
 
-    def unpark(self, now: float) -> None:
-        """Offer again the lanes whose parking time is over (only parked lanes are looked
+    def release_held(self, now: float) -> None:
+        """Offer again the lanes whose holding time is over (only held lanes are looked
         at: there may be a lane per customer)."""
-        for key, lane in list(self._parked.items()):
-            if lane.parked_until <= now:
-                lane.parked_until = 0.0
-                del self._parked[key]
+        for key, lane in list(self._held.items()):
+            if lane.held_until <= now:
+                lane.held_until = 0.0
+                lane.parked = False
+                del self._held[key]
                 self._offer(lane, now)
 
     def parked(self, now: float) -> list[LaneKey]:
-        return [key for key, lane in self._parked.items() if lane.parked_until > now]
+        return [k for k, lane in self._held.items() if lane.parked and lane.held_until > now]
 
-    def parked_items(self, now: float) -> int:
-        return sum(len(lane.items) for lane in self._parked.values() if lane.parked_until > now)
+    def held_items(self, now: float) -> int:
+        """Records that cannot be sent now: their lane is held."""
+        return sum(len(lane.items) for lane in self._held.values() if lane.held_until > now)
 
     def _offer(self, lane: Lane[T], now: float, *, force: bool = False) -> None:
         if not lane.queued and (force or lane.eligible(now)):

@@ -2,7 +2,7 @@
 
 Two parts, both under `spool.dir`:
 
-* **Marks** (`ledger/`, a spool of its own, fsynced): before a record is first sent, its
+* **Marks** (`ledger/`, a side spool: `agent.spool.side`): before a record is first sent, its
   sequence number is marked. After a crash, a record that is still in the spool *and*
   marked may have reached Paigo: it is checked (see `agent.delivery.sender`) instead of being sent
   blind. Marks behind the spool's persisted cursor are dropped, so the marks hold about what
@@ -13,7 +13,11 @@ Two parts, both under `spool.dir`:
   of its own (a power loss can cut its tail; `usage-agent reconcile` then reports those
   records as unknown, never as missing). When it passes half of `upstream.ledger_max_bytes`
   it becomes `delivered.1.jsonl`, replacing the older one: about `ledger_max_bytes` of
-  history is kept. `usage-agent reconcile` reads it.
+  history is kept, and counted in `spool.max_bytes`. Lines are not written while the
+  filesystem's free space is under half of `spool.min_free_bytes` (that room is kept for
+  the writes that free space: marks, the cursor); they are counted as not recorded, and
+  `reconcile` reports such records as unknown. `usage-agent reconcile` reads the files,
+  skipping and counting torn lines.
 """
 
 from __future__ import annotations
@@ -22,38 +26,51 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import replace
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import aiofiles
 import orjson
 
-from agent.config import SpoolConfig
-from agent.fsio import complete_lines
-from agent.spool import Spool
+from agent.config import MiB, SpoolConfig
+from agent.fsio import open_private
+from agent.logs import Throttled
+from agent.spool.side import side_spool
 
 log = logging.getLogger(__name__)
 
 DELIVERED: Final = "delivered.jsonl"
 DELIVERED_OLD: Final = "delivered.1.jsonl"
+MARKS_MAX_BYTES: Final = 16 * MiB  # marks hold about what is in flight: far less than this
 
 
 class Ledger:
     def __init__(self, spool_config: SpoolConfig, max_bytes: int) -> None:
         self.dir = Path(spool_config.dir)
-        marks_config = replace(
-            spool_config, dir=str(self.dir / "ledger"), fsync="always", min_free_bytes=0
-        )
-        self._marks = Spool(marks_config)
-        self._marked: list[tuple[int, int]] = []  # (mark seq, highest record seq), in order
+        self._marks = side_spool(spool_config, "ledger", MARKS_MAX_BYTES)
+        self._marked: deque[tuple[int, int]] = deque()  # (mark seq, highest record seq)
         self.maybe_sent: set[int] = set()
         self._max_bytes = max_bytes
+        self._keep_free = spool_config.min_free_bytes // 2
         self._delivered_lock = asyncio.Lock()
         self._pending: list[dict[str, object]] = []
+        self._deliveries_bytes = 0
+        self.not_recorded = 0  # deliveries not written to the file (disk full, write error)
+        self._write_failed = Throttled(log, "could not write the deliveries file")
+
+    @property
+    def bytes_used(self) -> int:
+        """The marks' segments and the deliveries files, for `spool.max_bytes`."""
+        return self._marks.bytes_used + self._deliveries_bytes
 
     async def start(self) -> None:
+        self._deliveries_bytes = sum(
+            path.stat().st_size
+            for path in (self.dir / DELIVERED, self.dir / DELIVERED_OLD)
+            if path.exists()
+        )
         self._marks.open()
         await self._marks.start()
         while entries := await self._marks.read(10_000):
@@ -74,7 +91,7 @@ class Ledger:
         """Drop the marks of records below `cursor` (the spool's persisted cursor)."""
         done = []
         while self._marked and self._marked[0][1] < cursor:
-            done.append(self._marked.pop(0)[0])
+            done.append(self._marked.popleft()[0])
         if done:
             self._marks.ack(done)
             self.maybe_sent = {seq for seq in self.maybe_sent if seq >= cursor}
@@ -101,23 +118,56 @@ class Ledger:
         if not lines:
             return
         try:
+            st = os.statvfs(self.dir)
+            if st.f_bavail * st.f_frsize < self._keep_free:
+                raise OSError(28, "free space is under half of spool.min_free_bytes")
             await self._append(lines)
         except OSError as exc:
-            log.error("could not write the deliveries file: %s", exc)
+            self.not_recorded += len(lines)
+            self._write_failed.error("%s (%d deliveries not recorded)", exc, len(lines))
 
     async def _append(self, lines: list[dict[str, object]]) -> None:
         data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
         path = self.dir / DELIVERED
         async with self._delivered_lock:
-            async with aiofiles.open(path, "ab") as handle:
+            async with aiofiles.open(path, "ab", opener=_private) as handle:
                 await handle.write(data)
                 size = await handle.tell()
+            self._deliveries_bytes += len(data)
             if size > self._max_bytes // 2:
-                os.replace(path, self.dir / DELIVERED_OLD)
+                old = self.dir / DELIVERED_OLD
+                self._deliveries_bytes -= old.stat().st_size if old.exists() else 0
+                os.replace(path, old)
 
 
-def read_deliveries(spool_dir: str | Path) -> Iterator[dict[str, object]]:
-    """Every delivery the files hold, oldest first (a torn last line is skipped)."""
+def _private(path: str, flags: int) -> int:
+    return open_private(Path(path), flags)
+
+
+@dataclass
+class Deliveries:
+    """What the deliveries files hold; `torn` names the lines that could not be read."""
+
+    lines: list[dict[str, object]]
+    torn: list[str]
+
+
+def read_deliveries(spool_dir: str | Path) -> Deliveries:
+    """Every delivery the files hold, oldest first. A line cut by a crash or a full disk
+    is skipped and named (file:line) in `torn`."""
+    found = Deliveries([], [])
     for name in (DELIVERED_OLD, DELIVERED):
-        for line in complete_lines(Path(spool_dir) / name):
-            yield orjson.loads(line)
+        path = Path(spool_dir) / name
+        if not path.exists():
+            continue
+        with path.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    entry = orjson.loads(line)
+                    if not isinstance(entry, dict) or not line.endswith(b"\n"):
+                        raise ValueError
+                except (orjson.JSONDecodeError, ValueError):
+                    found.torn.append(f"{path}:{number}")
+                    continue
+                found.lines.append(entry)
+    return found

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.config import UpstreamConfig
 from agent.delivery.ledger import Ledger
-from agent.delivery.uplink import LookupFailed, Uplink
+from agent.delivery.uplink import LookupFailed, Upstream
+from agent.logs import Throttled
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +37,26 @@ class Unsure(Protocol):
     unknown_since: float | None
     marked: bool
 
-    def record(self) -> dict[str, object]: ...
+    @property
+    def id(self) -> str: ...
 
     @property
-    def record_id(self) -> str: ...
+    def fields(self) -> dict[str, object]: ...
+
+
+@dataclass
+class Check:
+    """What one check found: the indexes of the records Paigo holds, whether every unknown
+    record could be checked, and whether the read API refused the token (401/403)."""
+
+    found: list[int] = field(default_factory=list)
+    complete: bool = True
+    token_refused: bool = False
 
 
 class Resolver:
     def __init__(
-        self, uplink: Uplink, ledger: Ledger, config: UpstreamConfig, clock: Callable[[], float]
+        self, uplink: Upstream, ledger: Ledger, config: UpstreamConfig, clock: Callable[[], float]
     ) -> None:
         self._uplink = uplink
         self._ledger = ledger
@@ -52,20 +65,11 @@ class Resolver:
         self.duplicates_prevented = 0
         self.unknown_outcomes = 0
         self.checks_failed = 0
+        self._failed = Throttled(log, "could not check a record at the upstream")
 
     def starts_unknown(self, seq: int) -> bool:
         """A record marked before a crash and still in the spool may have been delivered."""
         return seq in self._ledger.maybe_sent
-
-    def settle_wait(self, items: list[Unsure]) -> float:
-        """Seconds until every unknown record of `items` may be checked."""
-        now = self._clock()
-        waits = [
-            item.unknown_since + self._config.unknown_settle_s - now
-            for item in items
-            if item.unknown_since is not None
-        ]
-        return max([0.0, *waits])
 
     def became_unknown(self, items: list[Unsure]) -> None:
         now = self._clock()
@@ -73,33 +77,29 @@ class Resolver:
             item.unknown_since = now
         self.unknown_outcomes += len(items)
 
-    async def check(self, items: list[Unsure], token: str) -> tuple[list[int], bool]:
-        """Ask Paigo about each unknown record. Returns the indexes (into `items`) of
-        those it already holds, and whether every unknown record could be checked; the
-        ones found not to be there are no longer unknown."""
-        found, complete = [], True
+    async def check(self, items: list[Unsure], token: str) -> Check:
+        """Ask Paigo about each unknown record of `items`; the ones found not to be there
+        are no longer unknown."""
+        result = Check()
         for index, item in enumerate(items):
             if item.unknown_since is None:
                 continue
             try:
                 held = await self._uplink.find(
-                    self._config.read_base,
-                    token,
-                    item.record(),
-                    self._config.id_key,
-                    item.record_id,
+                    self._config.read_base, token, item.fields, self._config.id_key, item.id
                 )
             except LookupFailed as exc:
                 self.checks_failed += 1
-                log.warning("could not check record %s at the upstream: %s", item.record_id, exc)
-                complete = False
+                self._failed.warning("record %s: %s", item.id, exc)
+                result.complete = False
+                result.token_refused |= exc.status in (401, 403)
                 continue
             if held:
-                found.append(index)
+                result.found.append(index)
                 self.duplicates_prevented += 1
             else:
                 item.unknown_since = None
-        return found, complete
+        return result
 
     async def mark(self, items: list[Unsure]) -> None:
         """Note durably, before their first send, that these records are going out."""

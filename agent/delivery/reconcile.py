@@ -32,6 +32,7 @@ class Report:
     missing: list[dict[str, object]] = field(default_factory=list)
     doubled: list[tuple[str, int]] = field(default_factory=list)
     unknown_to_ledger: list[str] = field(default_factory=list)
+    torn_lines: list[str] = field(default_factory=list)  # file:line, skipped
 
     @property
     def clean(self) -> bool:
@@ -42,6 +43,7 @@ class Report:
         out += [f"MISSING {orjson.dumps(m).decode()}" for m in self.missing]
         out += [f"DOUBLED {key} x{count}" for key, count in self.doubled]
         out += [f"unknown to the ledger: {key}" for key in self.unknown_to_ledger]
+        out += [f"skipped a torn line of the deliveries file: {where}" for where in self.torn_lines]
         out.append(
             "clean" if self.clean else f"{len(self.missing)} missing, {len(self.doubled)} doubled"
         )
@@ -55,13 +57,14 @@ def instant(value: str) -> datetime:
 async def reconcile(config: Config, since: str, until: str) -> Report:
     start, end = instant(since), instant(until)
     delivered: dict[str, dict[str, object]] = {}
-    for line in read_deliveries(config.spool.dir):
+    deliveries = read_deliveries(config.spool.dir)
+    for line in deliveries.lines:
         if start <= instant(str(line["t"])) < end:
             delivered.setdefault(str(line["k"]), line)
     by_customer: dict[str, list[dict[str, object]]] = {}
     for line in delivered.values():
         by_customer.setdefault(str(line["c"]), []).append(line)
-    report = Report(checked=len(delivered))
+    report = Report(checked=len(delivered), torn_lines=deliveries.torn)
     upstream = config.upstream
     async with aiohttp.ClientSession() as session:
         tokens = TokenManager(upstream, session)

@@ -16,7 +16,7 @@ import gzip
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -108,6 +108,18 @@ class Reply:
         return statuses if len(statuses) == count else None
 
 
+class Upstream(Protocol):
+    """What delivery needs of the upstream (`Uplink` over HTTP; a fake in unit tests)."""
+
+    async def post(self, body: bytes, token: str, invoice: bool, *, array: bool = False) -> Reply:
+        """Post one record (or an array of them); never raises: a failure is a Reply."""
+
+    async def find(
+        self, read_base: str, token: str, record: dict[str, object], id_key: str, record_id: str
+    ) -> bool:
+        """Whether the upstream holds the record; LookupFailed when it cannot tell."""
+
+
 class Uplink:
     """Posts records to `url` over one pooled session."""
 
@@ -170,6 +182,7 @@ class Uplink:
         params = {
             "aggregationInterval": "none",
             "aggregationPurpose": "metering",
+            "ignoreEnrollmentDate": "true",  # else records before the enrollment are hidden
             "startTime": window[0],
             "endTime": window[1],
         }

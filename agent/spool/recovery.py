@@ -10,11 +10,12 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.errors import SpoolFormatError, SpoolLocked
-from agent.fsio import fsync_dir, truncate_durably
+from agent.errors import SpoolError, SpoolFormatError, SpoolLocked
+from agent.fsio import fsync_dir, open_private, truncate_durably
 from agent.spool import format as fmt
 from agent.spool.reader import SpoolStats, quarantine
 
@@ -28,10 +29,29 @@ class Segment:
     size: int
 
 
+def check_directory(directory: Path) -> None:
+    """Refuse a spool directory that another user could plant files in: owned by another
+    user, or writable by group or others. (Every file in it is opened without following
+    links, but a directory others can write is no place for billing data.)"""
+    st = directory.lstat()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise SpoolError(f"{directory} is not a directory (a symlink is not accepted)")
+    if st.st_uid != os.geteuid():
+        raise SpoolError(
+            f"{directory} is owned by uid {st.st_uid}, not by this process (uid "
+            f"{os.geteuid()}); chown it to the agent's user"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise SpoolError(
+            f"{directory} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            "chmod it to 0750 or tighter"
+        )
+
+
 def lock_directory(directory: Path) -> int:
     """Take the directory's exclusive flock (released when the fd closes or the process
     dies); SpoolLocked, naming the owner's pid, when another process has it."""
-    fd = os.open(fmt.lock_path(directory), os.O_RDWR | os.O_CREAT, 0o640)
+    fd = open_private(fmt.lock_path(directory), os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

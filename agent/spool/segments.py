@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Final
 
-from agent.fsio import fsync_dir, write_all
+from agent.fsio import fsync_dir, open_private, write_all
 from agent.spool import format as fmt
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,9 @@ def create_segment(directory: Path, first_seq: int) -> tuple[Path, int]:
     path = fmt.segment_path(directory, first_seq)
     try:
         os.rename(fmt.spare_path(directory), path)
-        fd = os.open(path, os.O_RDWR)
+        fd = open_private(path, os.O_RDWR)
     except FileNotFoundError:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
+        fd = open_private(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     try:
         write_all(fd, fmt.encode_segment_header(first_seq), 0)
         os.fsync(fd)
@@ -63,7 +63,8 @@ def prepare_spare(directory: Path, size: int, min_free_bytes: int) -> None:
         st = os.statvfs(directory)
         if spare.exists() or st.f_bavail * st.f_frsize < size + min_free_bytes:
             return
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        tmp.unlink(missing_ok=True)
+        fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             zeros = bytes(min(size, ZERO_CHUNK))
             for offset in range(0, size, len(zeros)):

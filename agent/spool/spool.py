@@ -14,9 +14,10 @@ The byte layout is in `agent.spool.format`. This module is the behaviour:
   thread zero-fills the file the next segment will be (`agent.spool.segments` says why:
   cheaper fdatasyncs). The cost is disk: up to two segments of zeros beyond `bytes_used`.
   Without a spare ready (the first segment, a full disk) a segment grows as it is written.
-* **Limits**: an append that would take the segments past `max_bytes`, or the
-  filesystem's free space under `min_free_bytes`, raises `SpoolFull` and stores nothing.
-  ENOSPC from the filesystem does the same: the segment is cut back to where it was.
+* **Limits** (`agent.spool.space`): an append that would take what the agent keeps past
+  `max_bytes`, or the filesystem's free space under `min_free_bytes`, raises `SpoolFull`
+  and stores nothing. ENOSPC from the filesystem does the same: the segment is cut back to
+  where it was. A cursor that cannot be saved (a full disk) keeps the last one saved.
 * **Read** (`read`): entries are handed out once each, in sequence order, and only when
   they are acknowledged to their appender (durable). Damaged frames found on the way are
   copied to `quarantine/`, their sequence numbers are counted as lost and skipped.
@@ -42,27 +43,57 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
 from agent.config import SpoolConfig
 from agent.errors import SpoolError, SpoolFormatError, SpoolFull
-from agent.fsio import fsync_dir, write_all, write_atomically
+from agent.fsio import fsync_dir, open_private, write_all, write_atomically
+from agent.logs import Throttled
+from agent.records import agent_record_ids
 from agent.spool import format as fmt
 from agent.spool.reader import Entry, ReadView, SpoolReader, SpoolStats
-from agent.spool.recovery import Segment, list_segments, lock_directory, recover_tail
+from agent.spool.recovery import (
+    Segment,
+    check_directory,
+    list_segments,
+    lock_directory,
+    recover_tail,
+)
 from agent.spool.segments import create_segment, prepare_spare, seal_segment
+from agent.spool.space import Space, reserve_for
 
 log = logging.getLogger(__name__)
 
 FIRST_SEQ: Final = 1
-FREE_SPACE_TTL_S: Final = 0.1
 # Commits run on the event loop while an fdatasync takes less than this on average (a
 # thread hop costs ~100 us here, more than most syncs); above it, in the write thread.
 INLINE_SYNC_BUDGET_S: Final = 0.001
 GATHER_ROUNDS: Final = 4  # event-loop turns a commit waits for appends to join it
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _Waiting = tuple[list[bytes], "asyncio.Future[range]"]  # an append's payloads and its answer
+
+
+@dataclass(frozen=True)
+class SpoolStatus:
+    """One typed view of the spool, read by `/status`, `/readyz` and the metrics."""
+
+    dir: str
+    backlog_records: int
+    segment_bytes: int  # the usage segments
+    bytes: int  # everything counted in max_bytes (segments, side spools, deliveries file)
+    max_bytes: int
+    min_free_bytes: int  # the reserve in force (scaled to the volume when configured -1)
+    fsync: str
+    unwritable: str  # why appends fail ("" when they can succeed)
+    full: str  # why an append would be refused for room now ("" when it would not)
+    lost_records: int
+    quarantined_bytes: int
+    torn_tail_bytes: int
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(vars(self))
 
 
 class SpoolObserver(Protocol):
@@ -115,8 +146,11 @@ class Spool:
         self._cursor_seq = FIRST_SEQ
         self._cursor_hint = (FIRST_SEQ, FIRST_SEQ, fmt.SEGMENT_HEADER_SIZE)  # seq, segment, offset
         self._saved_cursor_seq = -1
-        self._free_bytes = 0
-        self._free_checked_at = -1.0
+        self.space = Space(self.dir, config.max_bytes, config.min_free_bytes, self._segment_bytes)
+        self._append_failed = Throttled(log, "spool append failed, nothing of it stored")
+        self._cursor_failed = Throttled(
+            log, "could not save the spool cursor (the last saved one holds)"
+        )
         self._closing = False
         self._broken = ""
         self._tasks: list[asyncio.Task[None]] = []
@@ -132,8 +166,10 @@ class Spool:
         """Lock the directory, recover the newest segment, place the reader at the cursor.
         Synchronous: it runs once, before the agent serves."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        check_directory(self.dir)
         (self.dir / "quarantine").mkdir(exist_ok=True, mode=0o750)
         self._lock_fd = lock_directory(self.dir)
+        self.space.reserve = reserve_for(self.dir, self.config.min_free_bytes)
         fmt.spare_tmp_path(self.dir).unlink(missing_ok=True)  # a fill cut short by a crash
         cursor = self._load_cursor()
         self.spool_id = cursor.spool_id
@@ -179,7 +215,7 @@ class Spool:
             await asyncio.gather(*self._tasks[1:], return_exceptions=True)
             self._tasks = []
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._write_io, self._persist_cursor)
+        await loop.run_in_executor(self._write_io, self._try_persist_cursor)
         self.close_sync()
 
     def close_sync(self) -> None:
@@ -204,28 +240,12 @@ class Spool:
             if len(payload) > fmt.MAX_PAYLOAD_BYTES:
                 raise SpoolError(f"a payload is over {fmt.MAX_PAYLOAD_BYTES} bytes")
             size += len(payload)
-        self._check_space(size)
+        self.space.take(size, self._pending_bytes)
         future: asyncio.Future[range] = asyncio.get_running_loop().create_future()
         self._pending.append((payloads, future))
         self._pending_bytes += size
         self._wakeup.set()
         return await future
-
-    def _check_space(self, size: int) -> None:
-        used = self.bytes_used + self._pending_bytes + size
-        if used > self.config.max_bytes:
-            raise SpoolFull(f"spool.max_bytes ({self.config.max_bytes}) would be exceeded")
-        now = self._clock()
-        if now - self._free_checked_at > FREE_SPACE_TTL_S:
-            st = os.statvfs(self.dir)
-            self._free_bytes = st.f_bavail * st.f_frsize - self._pending_bytes
-            self._free_checked_at = now
-        if self._free_bytes - size < self.config.min_free_bytes:
-            raise SpoolFull(
-                f"free space on {self.dir} would fall under spool.min_free_bytes "
-                f"({self.config.min_free_bytes})"
-            )
-        self._free_bytes -= size
 
     async def _commit_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -275,11 +295,11 @@ class Spool:
     def _fail_group(self, group: list[_Waiting], exc: OSError) -> None:
         error: SpoolError
         if exc.errno in _NO_SPACE:
-            error = SpoolFull(f"the filesystem of {self.dir} is full ({exc.strerror})")
-            self._free_checked_at = -1.0
+            error = SpoolFull(f"disk full: the filesystem of {self.dir} is full ({exc.strerror})")
+            self.space.forget_free()
         else:
             error = SpoolError(f"write to the spool failed: {exc}")
-        log.error("spool append failed, nothing of it stored: %s", error)
+        self._append_failed.error("%s", error)
         for _, future in group:
             if not future.done():
                 future.set_exception(error)
@@ -311,7 +331,7 @@ class Spool:
         if half_full and self.config.preallocate and not self._spare_wanted:
             self._spare_wanted = True
             self._spare_io.submit(
-                prepare_spare, self.dir, self.config.segment_bytes, self.config.min_free_bytes
+                prepare_spare, self.dir, self.config.segment_bytes, self.space.reserve
             )
         return end
 
@@ -384,7 +404,8 @@ class Spool:
             return
         self._data.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._data.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._data.wait()
 
     def ack(self, seqs: Iterable[int]) -> None:
         """Mark entries delivered. The cursor moves over the contiguous acknowledged prefix
@@ -412,7 +433,15 @@ class Spool:
         while True:
             await asyncio.sleep(self.config.cursor_interval_ms / 1000)
             if self._cursor_seq != self._saved_cursor_seq:
-                await loop.run_in_executor(self._write_io, self._persist_cursor)
+                await loop.run_in_executor(self._write_io, self._try_persist_cursor)
+
+    def _try_persist_cursor(self) -> None:
+        """`_persist_cursor`, for the timer and close: a failure (a full disk) keeps the
+        last saved cursor and is logged; the next tick tries again."""
+        try:
+            self._persist_cursor()
+        except OSError as exc:
+            self._cursor_failed.error("%s", exc)
 
     def _persist_cursor(self) -> None:
         """Sync the data the cursor depends on, save it, then delete consumed segments."""
@@ -455,7 +484,7 @@ class Spool:
 
     def _open_active(self) -> None:
         active = self._segments[-1]
-        self._active_fd = os.open(active.path, os.O_RDWR)
+        self._active_fd = open_private(active.path, os.O_RDWR)
         self._durable_offset = active.size
 
     def _frame_at(self, segment: int, offset: int, seq: int) -> bytes | None:
@@ -491,9 +520,13 @@ class Spool:
 
     # --- levels ---------------------------------------------------------------------------
 
+    def _segment_bytes(self) -> int:
+        return sum(s.size for s in self._segments)
+
     @property
     def bytes_used(self) -> int:
-        return sum(s.size for s in self._segments)
+        """Bytes of the usage segments (`space.bytes_used` adds what is counted with them)."""
+        return self._segment_bytes()
 
     @property
     def backlog(self) -> int:
@@ -509,14 +542,28 @@ class Spool:
         """The cursor as last persisted: what a restart would start from."""
         return self._saved_cursor_seq
 
+    def status(self) -> SpoolStatus:
+        stats = self.stats
+        return SpoolStatus(
+            dir=str(self.dir),
+            backlog_records=self.backlog,
+            segment_bytes=self.bytes_used,
+            bytes=self.space.bytes_used,
+            max_bytes=self.config.max_bytes,
+            min_free_bytes=self.space.reserve,
+            fsync=self.config.fsync,
+            unwritable=self.writable,
+            full=self.space.full_reason(),
+            lost_records=stats.lost_records,
+            quarantined_bytes=stats.quarantined_bytes,
+            torn_tail_bytes=stats.torn_tail_bytes,
+        )
+
     @property
     def writable(self) -> str:
         """Empty when appends can succeed, otherwise why not."""
         return self._broken or ("closing" if self._closing else "")
 
-    def record_id(self, seq: int) -> str:
-        return f"{self.spool_id}-{seq}"
-
     def record_ids(self, seqs: range) -> list[str]:
-        prefix = f"{self.spool_id}-"
-        return [prefix + str(seq) for seq in seqs]
+        """The agent's ids of these records (`agent.records` says what ids are)."""
+        return agent_record_ids(self.spool_id, seqs)

@@ -1,10 +1,14 @@
-"""Backing off as one client: pause, circuit, pace and the degraded reason."""
+"""Backing off as one client: shared backoff, pause, circuit, pace and the degraded reason."""
 
 from __future__ import annotations
 
 import asyncio
 
+from agent.config import RetryConfig
 from agent.delivery.gate import INITIAL_LIMIT, Gate
+from agent.delivery.policy import Action, Decision, Health
+
+NO_JITTER = RetryConfig(initial_backoff_s=0.5, max_backoff_s=60, jitter=False, circuit_failures=5)
 
 
 class Clock:
@@ -16,16 +20,16 @@ class Clock:
 
 
 def test_the_pace_grows_on_success_and_halves_on_overload():
-    gate = Gate(64, 5)
+    gate = Gate(64, NO_JITTER)
     assert gate.limit == INITIAL_LIMIT
     for _ in range(100):
         gate.succeeded()
     grown = gate.limit
     assert grown > 10
-    gate.failed(overload=True)
+    gate.failed(gate.ticket, overload=True)
     assert gate.limit == grown / 2
     for _ in range(20):
-        gate.failed(overload=True)
+        gate.failed(gate.ticket, overload=True)
     assert gate.limit == 1.0
     for _ in range(10_000):
         gate.succeeded()
@@ -33,29 +37,70 @@ def test_the_pace_grows_on_success_and_halves_on_overload():
 
 
 def test_failures_in_a_row_open_the_circuit_and_a_success_closes_it():
-    gate = Gate(64, 3)
+    gate = Gate(64, RetryConfig(circuit_failures=3))
     for _ in range(50):
         gate.succeeded()
-    gate.failed(overload=False)
-    gate.failed(overload=False)
+    gate.failed(gate.ticket, overload=False)
+    gate.failed(gate.ticket, overload=False)
     assert not gate.circuit_open and gate.capacity > 1
-    gate.failed(overload=False)
+    gate.failed(gate.ticket, overload=False)
     assert gate.circuit_open and gate.capacity == 1
     gate.succeeded()
     assert not gate.circuit_open
 
 
-def test_a_config_problem_degrades_until_a_success():
-    gate = Gate(8, 5)
-    gate.config_problem("bad credentials")
-    assert gate.degraded == "bad credentials" and gate.capacity == 1
+def test_every_failure_makes_every_sender_wait_longer_up_to_the_cap():
+    clock = Clock()
+    gate = Gate(8, NO_JITTER, clock=clock)
+    waits = []
+    for _ in range(12):
+        gate.failed(gate.ticket, overload=False)
+        waits.append(gate.paused_for())
+        clock.now = gate.paused_until
+    assert waits[:4] == [0.5, 1.0, 2.0, 4.0]
+    assert waits[-1] == 60.0  # retry.max_backoff_s
     gate.succeeded()
+    gate.failed(gate.ticket, overload=False)
+    assert gate.paused_for() == 0.5  # a success starts the count again
+
+
+def test_sends_that_fail_together_count_as_one_failure():
+    clock = Clock()
+    gate = Gate(32, NO_JITTER, clock=clock)
+    tickets = [gate.ticket for _ in range(32)]  # 32 sends began in one round
+    for ticket in tickets:
+        gate.failed(ticket, overload=False)
+    assert gate.failures_in_a_row == 1
+    assert gate.paused_for() == 0.5
+
+
+def test_with_jitter_the_wait_is_never_over_the_exponential_bound():
+    clock = Clock()
+    gate = Gate(8, RetryConfig(initial_backoff_s=0.5, max_backoff_s=8), clock=clock)
+    for failure in range(1, 10):
+        gate.failed(gate.ticket, overload=False)
+        assert 0 <= gate.paused_for() <= min(8, 0.5 * 2 ** (failure - 1))
+        clock.now = gate.paused_until
+
+
+def test_a_config_problem_degrades_until_a_success_and_backs_off():
+    gate = Gate(8, NO_JITTER)
+    gate.record(Decision(Action.RETRY, Health.MISCONFIGURED, reason="bad"), gate.ticket)
+    assert gate.degraded == "bad" and gate.capacity == 1
+    assert gate.paused_for() > 0
+    gate.record(Decision(Action.DONE, Health.HEALTHY), gate.ticket)
     assert gate.degraded == ""
+
+
+def test_an_answer_that_says_nothing_of_the_upstream_changes_nothing():
+    gate = Gate(8, NO_JITTER)
+    gate.record(Decision(Action.DEAD_LETTER), gate.ticket)
+    assert gate.failures_in_a_row == 0 and gate.paused_for() == 0
 
 
 async def test_a_pause_holds_every_sender():
     clock = Clock()
-    gate = Gate(8, 5, clock=clock)
+    gate = Gate(8, NO_JITTER, clock=clock)
     gate.pause(0.2)
     waiting = asyncio.ensure_future(gate.acquire())
     await asyncio.sleep(0.05)
@@ -66,7 +111,7 @@ async def test_a_pause_holds_every_sender():
 
 
 async def test_capacity_bounds_sends_in_flight():
-    gate = Gate(8, 5)
+    gate = Gate(8, NO_JITTER)
     for _ in range(int(INITIAL_LIMIT)):
         await gate.acquire()
     blocked = asyncio.ensure_future(gate.acquire())

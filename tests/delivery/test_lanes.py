@@ -40,12 +40,12 @@ def test_a_parked_lane_waits_while_others_flow_and_comes_back():
     lanes.add(("unknown", "d", False), "u", now=0)
     lanes.add(("known", "d", False), "k", now=0)
     lane, item = lanes.take(0)  # type: ignore[misc]
-    lanes.put_back(lane, item, 0, park_until=60)
+    lanes.put_back(lane, item, 0, until=60, parked=True)
     assert lanes.parked(1) == [lane.key]
     other = lanes.take(1)
     assert other is not None and other[1] != item
     assert lanes.take(1) is None
-    lanes.unpark(61)
+    lanes.release_held(61)
     assert lanes.take(61)[1] == item  # type: ignore[index]
 
 

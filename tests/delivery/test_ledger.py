@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from agent.config import SpoolConfig
-from agent.delivery.ledger import DELIVERED_OLD, Ledger, read_deliveries
+from agent.delivery.ledger import DELIVERED, DELIVERED_OLD, Ledger, read_deliveries
+from agent.spool.format import segment_first_seq
 
 
 def fields(n: int) -> dict[str, object]:
@@ -41,8 +43,39 @@ async def test_deliveries_are_appended_rotated_and_read_back_in_order(tmp_path: 
         await ledger.flush()
     await ledger.stop()
     assert (tmp_path / DELIVERED_OLD).exists()  # rotated past half of 4000 bytes
-    read = list(read_deliveries(tmp_path))
+    read = read_deliveries(tmp_path).lines
     keys = [line["k"] for line in read]
     assert keys == sorted(keys, key=lambda k: int(str(k)[3:]))  # oldest first
     assert keys[-1] == "id-39"
     assert read[-1]["v"] == "39" and read[-1]["c"] == "c"
+
+    files = [tmp_path / DELIVERED, tmp_path / DELIVERED_OLD]
+    files += [p for p in (tmp_path / "ledger").iterdir() if segment_first_seq(p) is not None]
+    assert ledger.bytes_used == sum(path.stat().st_size for path in files)
+
+
+async def test_a_torn_line_is_skipped_and_named_by_file_and_line(tmp_path: Path):
+    ledger = Ledger(SpoolConfig(dir=str(tmp_path), min_free_bytes=0), 1 << 20)
+    await ledger.start()
+    ledger.note([("id-1", fields(1))])
+    await ledger.flush()
+    with (tmp_path / DELIVERED).open("ab") as handle:
+        handle.write(b'{"k": "id-2", "c": "cut by ENOSP\n')  # a write cut mid-line
+    ledger.note([("id-3", fields(3))])
+    await ledger.flush()
+    await ledger.stop()
+    read = read_deliveries(tmp_path)
+    assert [line["k"] for line in read.lines] == ["id-1", "id-3"]
+    assert read.torn == [f"{tmp_path / DELIVERED}:2"]
+
+
+async def test_deliveries_are_not_written_into_the_reserve_kept_for_draining(tmp_path: Path):
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    config = SpoolConfig(dir=str(tmp_path), min_free_bytes=4 * free)  # half of it: 2 x free
+    ledger = Ledger(config, 1 << 20)
+    await ledger.start()
+    ledger.note([("id-1", fields(1))])
+    await ledger.flush()
+    await ledger.stop()
+    assert not (tmp_path / DELIVERED).exists()
+    assert ledger.not_recorded == 1

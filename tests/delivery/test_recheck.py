@@ -38,14 +38,13 @@ async def test_found_records_are_reported_and_missing_ones_are_sent_again(
         items = []
         for n in (1, 2):
             payload = encode_envelope(Envelope(orjson.dumps(record(n)), 0))
-            _, item = make_item(n, payload, f"agent-{n}", config.id_key, frozenset())
+            _, item = make_item(n, payload, "agent", config.id_key, frozenset())
             items.append(item)
         status = await uplink.post(items[0].body, token, False)  # Paigo holds record 1 only
         assert status.status == 200
         resolver.became_unknown(items)
-        assert resolver.settle_wait(items) == 0.0
-        found, complete = await resolver.check(items, token)
-        assert (found, complete) == ([0], True)
+        check = await resolver.check(items, token)
+        assert (check.found, check.complete, check.token_refused) == ([0], True, False)
         assert items[1].unknown_since is None  # not there: to be sent again
         assert resolver.duplicates_prevented == 1
 
@@ -53,7 +52,11 @@ async def test_found_records_are_reported_and_missing_ones_are_sent_again(
             uplink, ledger, replace(config, read_url="http://127.0.0.1:9"), clock=lambda: 0.0
         )
         resolver.became_unknown(items[1:])
-        found, complete = await broken.check(items[1:], token)
-        assert (found, complete) == ([], False)
+        check = await broken.check(items[1:], token)
+        assert (check.found, check.complete) == ([], False)
         assert items[1].unknown_since is not None  # still unknown: never sent blind
+
+        paigo.expire_tokens()  # the read API refuses the token: the sender must refresh it
+        check = await resolver.check(items[1:], token)
+        assert (check.complete, check.token_refused) == (False, True)
     await ledger.stop()

@@ -21,7 +21,7 @@ async def test_reconcile_reports_a_deleted_and_a_doubled_record(
     status, _, _ = await agent.post(batch)
     assert status == 202
     spool_dir = agent.service.spool.dir
-    await eventually(lambda: len(list(ledger.read_deliveries(spool_dir))) == 40, what="ledger")
+    await eventually(lambda: len(ledger.read_deliveries(spool_dir).lines) == 40, what="ledger")
 
     config = tmp_path / "reconcile.toml"
     write_config(config, {"spool": {"dir": str(spool_dir)}, **sections})

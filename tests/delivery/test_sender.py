@@ -62,7 +62,7 @@ async def test_an_outage_loses_nothing(start_agent: AgentFactory, paigo: FakePai
     await asyncio.sleep(0.2)
     assert values(paigo.records) == values(batch)  # every record, none twice
     assert agent.service.sender is not None
-    assert agent.service.sender.status()["dead_lettered"] == 0
+    assert agent.service.sender.status().left["dead_lettered"] == 0
 
 
 async def test_retry_after_pauses_every_sender_and_there_is_no_storm(

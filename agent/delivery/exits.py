@@ -1,0 +1,112 @@
+"""The one way a record leaves the agent's care: `Exits.leave(items, reason)`.
+
+A record is acknowledged in the spool (and so, in time, deleted from disk) only here, and
+only for one of four reasons:
+
+| reason          | what happened                                       | written first        |
+|-----------------|-----------------------------------------------------|----------------------|
+| `delivered`     | the upstream answered 2xx                           | deliveries file      |
+| `found`         | an unknown outcome, and Paigo was found to hold it  | deliveries file      |
+| `dead_lettered` | the upstream refused it for good (400, 422, 413)    | dead letter, fsynced |
+| `unreadable`    | a spool entry that is not a record this agent reads | dead letter, fsynced |
+
+A dead letter that cannot be written keeps its record unacknowledged (`leave` returns
+False): it is tried again, never lost. The counts by reason are the
+`usage_agent_records_left_total` metric and `/status`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from typing import Protocol
+
+from agent.delivery.deadletter import DeadLetter, DeadLetterFile
+from agent.delivery.item import Item
+from agent.delivery.ledger import Ledger
+from agent.delivery.uplink import Reply
+from agent.logs import Throttled
+from agent.records import agent_record_ids
+
+log = logging.getLogger(__name__)
+
+
+class Reason(enum.Enum):
+    DELIVERED = "delivered"
+    FOUND = "found"
+    DEAD_LETTERED = "dead_lettered"
+    UNREADABLE = "unreadable"
+
+
+class Acknowledging(Protocol):
+    """What exits need of the spool."""
+
+    spool_id: str
+
+    def ack(self, seqs: Sequence[int]) -> None: ...
+
+
+class Exits:
+    def __init__(
+        self, spool: Acknowledging, ledger: Ledger, dead_letters: DeadLetterFile, id_key: str
+    ) -> None:
+        self._spool = spool
+        self._ledger = ledger
+        self._dead = dead_letters
+        self._id_key = id_key
+        self.counts: Counter[Reason] = Counter()
+        self._dead_letter_failed = Throttled(log, "could not write the dead-letter file")
+
+    async def leave(
+        self, items: Sequence[Item], reason: Reason, reply: Reply | None = None
+    ) -> bool:
+        """Take `items` out of the agent's care for `reason` (`reply`: the refusal, for
+        dead letters). False when what must be written first could not be: the items stay."""
+        if not items:
+            return True
+        if reason is Reason.DEAD_LETTERED:
+            assert reply is not None
+            letters = [_letter(item, reply) for item in items]
+            if not await self._write_dead_letters(letters):
+                return False
+            log.error(
+                "upstream refused %d record(s) with %d: dead-lettered", len(items), reply.status
+            )
+        elif self._id_key:  # without a stable id upstream there is nothing to reconcile by
+            self._ledger.note([(item.id, item.fields) for item in items])
+        self._spool.ack([item.seq for item in items])
+        self.counts[reason] += len(items)
+        return True
+
+    async def unreadable(self, seq: int, payload: bytes, error: Exception) -> bool:
+        """A spool entry that is not a readable envelope (a bug, or a newer agent's
+        format): kept in the dead-letter file as it is, never silently dropped."""
+        [agent_id] = agent_record_ids(self._spool.spool_id, range(seq, seq + 1))
+        letter = DeadLetter(agent_id, {"raw": payload.hex()}, False, 0, f"unreadable: {error}", 0)
+        if not await self._write_dead_letters([letter]):
+            return False
+        self._spool.ack([seq])
+        self.counts[Reason.UNREADABLE] += 1
+        log.error("spool entry %d is not a readable record: dead-lettered as is", seq)
+        return True
+
+    async def _write_dead_letters(self, letters: list[DeadLetter]) -> bool:
+        try:
+            await self._dead.append(letters)
+        except OSError as exc:
+            self._dead_letter_failed.error("%s; the records stay in the spool", exc)
+            return False
+        return True
+
+
+def _letter(item: Item, reply: Reply) -> DeadLetter:
+    return DeadLetter(
+        item.id,
+        item.fields,
+        item.envelope.invoice,
+        reply.status,
+        reply.body.decode(errors="replace"),
+        item.attempts,
+    )
