@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 import orjson
@@ -30,6 +31,16 @@ class TokenError(AgentError):
     def __init__(self, message: str, *, permanent: bool) -> None:
         super().__init__(message)
         self.permanent = permanent
+
+
+class Tokens(Protocol):
+    """What delivery needs of the token source (`TokenManager`; a fake in unit tests)."""
+
+    async def get(self) -> str:
+        """A token to send with; TokenError when none can be had."""
+
+    def invalidate(self, value: str) -> None:
+        """The upstream refused `value`: the next `get` fetches a new one."""
 
 
 @dataclass(frozen=True, slots=True)

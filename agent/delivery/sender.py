@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from agent.config import RetryConfig, UpstreamConfig
-from agent.delivery.auth import TokenError, TokenManager
+from agent.delivery.auth import TokenError, Tokens
 from agent.delivery.exits import Exits, Reason
 from agent.delivery.gate import Gate
 from agent.delivery.item import Item, make_item
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 WRONG_URL_PAIRS: Final = 3  # distinct pairs answered 404 in a row: the URL is wrong
 IDLE_POLL_S: Final = 0.05
 READ_BATCH: Final = 1000  # records per spool read: about a millisecond of the event loop
-DEAD_LETTER_RETRY_S: Final = 10.0  # a dead letter that could not be written: try again then
 CANCEL_DEADLINE_S: Final = 2.0  # cancelled tasks that do not end by then are reported
 
 Taken = list[tuple[Lane[Item], Item]]
@@ -118,7 +117,7 @@ class Sender:
         self,
         spool: SpoolOut,
         uplink: Upstream,
-        tokens: TokenManager,
+        tokens: Tokens,
         exits: Exits,
         ledger: Ledger,
         *,
@@ -132,6 +131,7 @@ class Sender:
         self._exits = exits
         self._ledger = ledger
         self._config = upstream
+        self._retry = retry
         self._clock = clock
         self.gate = Gate(upstream.concurrency, retry, clock=clock)
         self._resolver = (
@@ -379,7 +379,7 @@ class Sender:
             await self._leave(batch, Reason.DELIVERED)
         elif action is Action.DEAD_LETTER:
             if not await self._leave(batch, Reason.DEAD_LETTERED, reply):
-                self._put_back(batch, until=self._clock() + DEAD_LETTER_RETRY_S)
+                self._put_back(batch, until=self._clock() + self._retry.max_backoff_s)
         elif action is Action.SPLIT:
             half = len(batch) // 2  # find the records at fault: halves, down to one
             await self._send(batch[:half], token, ticket, token_refreshed=token_refreshed)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import stat
+import threading
 from pathlib import Path
+
+import pytest
 
 from agent.delivery import deadletter
 from agent.delivery.deadletter import DeadLetter, DeadLetterFile
@@ -34,3 +40,54 @@ async def test_a_torn_last_line_is_skipped_and_purge_empties(tmp_path: Path):
     assert [r["id"] for r in deadletter.read(path)] == ["id-1"]
     assert deadletter.purge(path) == 1
     assert list(deadletter.read(path)) == []
+
+
+async def test_the_first_letter_makes_its_file_name_durable_before_returning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:  # the real fsync, noting what it was given
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    path = deadletter.path_in(tmp_path)
+    await DeadLetterFile(path).append([letter(1)])
+    assert synced == [str(path), str(tmp_path)]  # the file, then its directory
+    synced.clear()
+    await DeadLetterFile(path).append([letter(2)])
+    assert synced == [str(path)]  # the name is already durable
+
+
+def test_a_purge_while_letters_are_appended_counts_every_letter_it_removes(tmp_path: Path):
+    path = deadletter.path_in(tmp_path)
+    written = 2000
+    dead = DeadLetterFile(path)
+
+    def append_all() -> None:
+        for n in range(written):
+            asyncio.run(dead.append([letter(n)]))
+
+    appender = threading.Thread(target=append_all)
+    appender.start()
+    purged = 0
+    while appender.is_alive():
+        purged += deadletter.purge(path)
+    appender.join()
+    purged += deadletter.purge(path)
+    assert purged == written
+
+
+async def test_letter_files_are_private_and_never_followed_through_a_link(tmp_path: Path):
+    path = deadletter.path_in(tmp_path)
+    await DeadLetterFile(path).append([letter(1)])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    path.unlink()
+    target = tmp_path / "elsewhere"
+    target.write_text("not the agent's\n")
+    path.symlink_to(target)
+    with pytest.raises(OSError, match="link"):
+        await DeadLetterFile(path).append([letter(2)])
+    assert target.read_text() == "not the agent's\n"

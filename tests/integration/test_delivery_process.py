@@ -101,3 +101,52 @@ def test_sigterm_with_a_backlog_and_a_slow_upstream_exits_within_the_grace(
     agent.start()
     wait_until(lambda: multiset(paigo.records) >= multiset(accepted))
     assert not multiset(accepted) - multiset(paigo.records)
+
+
+def test_sigterm_exits_within_the_grace_every_time_with_nothing_lost(
+    tmp_path: Path, paigo: FakePaigo, agents: list[AgentProcess]
+):
+    """The operator's scenario: 2,000 records, each answer 0.2 s late, 32 sends in flight,
+    effectively-once; SIGTERM while sending, several times over the same spool."""
+    sections = delivering_to(paigo, concurrency=32, delivery="effectively-once")
+    sections["retry"] = {}  # the defaults: the scenario as an operator runs it
+    agent = AgentProcess(tmp_path, **sections)
+    agents.append(agent)
+    agent.config_path.write_text("shutdown_grace_s = 2.0\n" + agent.config_path.read_text())
+    paigo.faults.delay_s = 0.2
+    agent.start()
+    accepted = [record(n) for n in range(2000)]
+    for start in range(0, 2000, 500):
+        assert agent.post(accepted[start : start + 500])[0] == 202
+    for _ in range(6):
+        time.sleep(0.7)  # sends under way, more waiting at the gate
+        started = time.monotonic()
+        agent.signal(signal.SIGTERM)
+        assert agent.wait(timeout=10) == 0, agent.log()[-2000:]
+        assert time.monotonic() - started < 2.0 + 2.0
+        agent.start()
+    paigo.faults.delay_s = 0.0
+    wait_until(lambda: multiset(paigo.records) >= multiset(accepted), timeout=60)
+    time.sleep(0.3)
+    assert multiset(paigo.records) == multiset(accepted)  # nothing lost, nothing twice
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_persistent_refusal_never_makes_the_agent_hammer_paigo(
+    tmp_path: Path, paigo: FakePaigo, agents: list[AgentProcess], status: int
+):
+    sections = delivering_to(paigo, concurrency=32)
+    sections["retry"] = {}  # the defaults: 0.5 s first backoff, 60 s at most
+    agent = AgentProcess(tmp_path, **sections)
+    agents.append(agent)
+    paigo.fail_next(10**9, status)
+    agent.start()
+    assert agent.post([record(n) for n in range(2000)])[0] == 202
+    time.sleep(8.0)
+    per_second = sorted(paigo.usage_requests.items())
+    total = sum(n for _, n in per_second)
+    assert total <= 40, per_second  # first round: 4 sends, twice; then one probe a backoff
+    assert all(n <= 10 for _, n in per_second[2:]), per_second
+    assert paigo.token_requests <= total  # a fresh token per probe at most
+    assert agent.get("/readyz")[0] == 503
+    assert agent.get("/status")[1]["spool"]["backlog_records"] == 2000

@@ -230,6 +230,48 @@ async def test_a_second_owner_of_the_directory_is_refused(
     assert "in use by another usage-agent" in result.stderr
 
 
+# --- the directory and its files: nobody else's to plant things in --------------------------
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o757, 0o777])
+def test_a_spool_directory_others_can_write_is_refused_with_the_reason(
+    spool_config: SpoolConfig, mode: int
+):
+    directory = Path(spool_config.dir)
+    directory.mkdir()
+    directory.chmod(mode)
+    with pytest.raises(SpoolError, match="writable by group or others"):
+        Spool(spool_config).open()
+
+
+def test_a_spool_directory_owned_by_another_user_is_refused(spool_config: SpoolConfig):
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory to another user needs root (CI runs as root)")
+    directory = Path(spool_config.dir)
+    directory.mkdir(mode=0o750)
+    os.chown(directory, 65534, 65534)
+    with pytest.raises(SpoolError, match="owned by uid 65534"):
+        Spool(spool_config).open()
+
+
+async def test_a_planted_cursor_tmp_link_is_not_followed_and_files_are_private(
+    open_spool: SpoolFactory, spool_config: SpoolConfig, tmp_path: Path
+):
+    victim = tmp_path / "victim"
+    victim.write_text("someone else's file\n")
+    directory = Path(spool_config.dir)
+    directory.mkdir(mode=0o750)
+    (directory / "cursor.tmp").symlink_to(victim)
+    spool = await open_spool()
+    [seq] = await spool.append([b"one"])
+    spool.ack([seq])
+    await wait_for_cursor(spool, fmt.cursor_path(directory), seq + 1)
+    assert victim.read_text() == "someone else's file\n"
+    for path in directory.rglob("*"):
+        if path.is_file():
+            assert path.stat().st_mode & 0o037 == 0, path  # 0640 or tighter
+
+
 # --- a full disk, for real: a small tmpfs --------------------------------------------------
 
 
