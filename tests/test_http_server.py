@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -21,10 +24,15 @@ class App:
         self.seen: list[Request] = []
         self.release = asyncio.Event()
         self.release.set()
+        self.cancelled = 0
 
     async def echo(self, request: Request) -> Response:
         self.seen.append(request)
-        await self.release.wait()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
         return Response(200, request.body, content_type="application/octet-stream")
 
     async def hello(self, request: Request) -> Response:
@@ -173,7 +181,7 @@ async def test_unknown_paths_get_404_and_other_methods_405_with_allow(connect: C
 
 async def test_a_query_string_is_split_off_the_path(connect: Connect, app: App):
     reader, writer = await connect()
-    writer.write(b"POST /echo?invoice=true&x=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    writer.write(b"POST /echo?invoice=true&x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
     assert (await read_response(reader))[0] == 200
     assert (app.seen[0].path, app.seen[0].query) == ("/echo", "invoice=true&x=1")
 
@@ -181,13 +189,18 @@ async def test_a_query_string_is_split_off_the_path(connect: Connect, app: App):
 @pytest.mark.parametrize(
     ("request_bytes", "status", "reason"),
     [
-        (b"POST /echo HTTP/1.1\r\nContent-Length: 1001\r\n\r\n", 413, "body_too_large"),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n", 413, "body_too_large"),
         (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, "url_too_long"),
-        (b"GET /hello HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", 431, "headers_too_large"),
+        (
+            b"GET /hello HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 101 + b"\r\n",
+            431,
+            "headers_too_large",
+        ),
         (b"GET /hello HTTP/1.1\r\nX: " + b"b" * 33000 + b"\r\n\r\n", 431, "headers_too_large"),
         (b"NOT HTTP AT ALL\r\n\r\n", 400, "malformed_http"),
         (
-            b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n",
             400,
             "malformed_http",
         ),
@@ -212,7 +225,7 @@ async def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(
     connect: Connect, app: App
 ):
     reader, writer = await connect()
-    writer.write(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
     for _ in range(3):
         writer.write(b"190\r\n" + b"x" * 400 + b"\r\n")
     assert (await read_response(reader))[0] == 413
@@ -222,7 +235,7 @@ async def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(
 async def test_a_refusal_is_read_by_a_client_that_is_still_sending(connect: Connect):
     """Lingering close: the rest of the body is read and dropped, so no reset eats the 413."""
     reader, writer = await connect()
-    writer.write(b"POST /echo HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n")
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
     for _ in range(50):
         writer.write(b"x" * 65536)
         await writer.drain()
@@ -232,24 +245,29 @@ async def test_a_refusal_is_read_by_a_client_that_is_still_sending(connect: Conn
 
 async def test_expect_100_continue_is_answered_before_the_body(connect: Connect):
     reader, writer = await connect()
-    writer.write(b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    writer.write(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    )
     interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
     writer.write(b"hello")
     assert (await read_response(reader))[2] == b"hello"
-    writer.write(b"POST /echo HTTP/1.1\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n")
+    writer.write(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n"
+    )
     assert (await read_response(reader))[0] == 413  # no 100: the body is not wanted
 
 
 async def test_a_request_that_does_not_arrive_in_time_gets_408(connect: Connect, app: App):
     reader, writer = await connect()
-    writer.write(b"POST /echo HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
     status, _, body = await read_response(reader)
     assert (status, body) == (408, b'{"reason":"body_timeout"}')
     assert app.seen == []
     slow_headers, writer2 = await connect()
     writer2.write(b"POST /echo HTTP/1.1\r\nContent-")
-    assert (await read_response(slow_headers))[0] == 408
+    status, _, body = await read_response(slow_headers)
+    assert (status, body) == (408, b'{"reason":"header_timeout"}')
 
 
 async def test_an_idle_keep_alive_connection_is_closed(connect: Connect):
@@ -323,3 +341,117 @@ async def test_the_unix_socket_serves_the_same_routes(server: HttpServer, tmp_pa
     writer.write(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (await read_response(reader))[2] == b'{"hello":"world"}'
     writer.close()
+
+
+async def test_close_cancels_and_awaits_the_handlers_left_after_the_grace(
+    server: HttpServer, connect: Connect, app: App
+):
+    _, writer = await connect()
+    app.release.clear()  # this handler would never finish
+    writer.write(post(b"stuck"))
+    await asyncio.sleep(0.05)
+    await server.close(0.2)
+    assert app.cancelled == 1
+
+
+async def test_an_unterminated_header_line_is_refused_as_it_grows(connect: Connect):
+    reader, writer = await connect()
+    writer.write(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+    status = 0
+    for _ in range(200):  # up to 800 KiB, never a line end
+        writer.write(b"b" * 4096)
+        await asyncio.sleep(0)
+        if reader.at_eof() or len(reader._buffer):  # type: ignore[attr-defined]
+            break
+    with contextlib.suppress(ConnectionResetError):
+        status = (await read_response(reader))[0]
+    assert status == 431
+    other, other_writer = await connect()  # everyone else is still served
+    other_writer.write(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_response(other))[0] == 200
+
+
+async def test_an_h2c_upgrade_is_ignored_and_the_post_served_with_its_body(
+    connect: Connect, app: App
+):
+    reader, writer = await connect()
+    upgrade = (
+        b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+    )
+    writer.write(post(b"hello", upgrade) + post(b"next"))
+    assert (await read_response(reader))[:3:2] == (200, b"hello")
+    assert (await read_response(reader))[:3:2] == (200, b"next")
+    writer.write(post(b"split body", upgrade)[:-3])  # the body arrives in two pieces
+    await asyncio.sleep(0.05)
+    writer.write(b"ody")
+    assert (await read_response(reader))[2] == b"split body"
+
+
+async def test_a_100_continue_waits_for_the_answers_before_it(connect: Connect, app: App):
+    reader, writer = await connect()
+    app.release.clear()  # the first answer is held
+    writer.write(post(b"first"))
+    writer.write(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nExpect: 100-continue\r\n\r\n"
+    )
+    await asyncio.sleep(0.1)
+    assert len(reader._buffer) == 0  # type: ignore[attr-defined]  # no 100 ahead of answer 1
+    app.release.set()
+    assert (await read_response(reader))[2] == b"first"
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"second")
+    assert (await read_response(reader))[2] == b"second"
+
+
+async def test_http_10_gets_no_100_continue(connect: Connect):
+    reader, writer = await connect()
+    writer.write(b"POST /echo HTTP/1.0\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+    await asyncio.sleep(0.1)
+    writer.write(b"body")
+    status, _, body = await read_response(reader)
+    assert (status, body) == (200, b"body")
+
+
+async def test_connection_close_is_said_on_the_last_answer_only(connect: Connect, app: App):
+    reader, writer = await connect()
+    app.release.clear()  # the answers wait until the half-close has arrived
+    writer.write(post(b"1") + post(b"2") + post(b"3"))
+    writer.write_eof()  # the client half-closes after three POSTs
+    await asyncio.sleep(0.1)
+    app.release.set()
+    answers = [await read_response(reader) for _ in range(3)]
+    assert ["connection" in headers for _, headers, _ in answers] == [False, False, True]
+    reader, writer = await connect()
+    writer.write(post(b"1") + post(b"2") + b"NOT HTTP\r\n\r\n")
+    answers = [await read_response(reader) for _ in range(3)]
+    assert [(status, "connection" in headers) for status, headers, _ in answers] == [
+        (200, False),
+        (200, False),
+        (400, True),
+    ]
+
+
+@pytest.mark.parametrize("hosts", [b"", b"Host: a\r\nHost: b\r\n"], ids=["no host", "two hosts"])
+async def test_an_http_11_request_needs_exactly_one_host(connect: Connect, app: App, hosts: bytes):
+    reader, writer = await connect()
+    writer.write(b"POST /echo HTTP/1.1\r\n" + hosts + b"Content-Length: 1\r\n\r\nx")
+    status, _, body = await read_response(reader)
+    assert (status, body) == (400, b'{"reason":"bad_host"}')
+    assert app.seen == []
+
+
+async def test_a_client_that_resets_during_the_lingering_close_leaves_no_error(
+    connect: Connect, caplog: pytest.LogCaptureFixture
+):
+    for _ in range(20):
+        _, writer = await connect()
+        writer.write(b"NOT HTTP\r\n\r\n")
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST
+    await asyncio.sleep(0.2)
+    gc.collect()
+    await asyncio.sleep(0.05)
+    assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
