@@ -17,6 +17,7 @@ the request durable. A request is all or nothing: any bad record, and none is st
 | 413    | body over `ingest.max_request_bytes`, or over `ingest.max_records_per_request` |
 | 414    | a URL over 8 KiB                                                               |
 | 415    | a content type other than JSON or NDJSON                                       |
+| 422    | an `Idempotency-Key` used before for another request (body or invoice flag)    |
 | 431    | headers over 32 KiB or 100 fields                                              |
 | 503    | the agent is shutting down (with Retry-After)                                  |
 | 507    | the spool is full or the disk is out of space (with Retry-After)               |
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import json
 import logging
 import time
 import urllib.parse
@@ -42,7 +44,7 @@ from agent.config import IngestConfig
 from agent.delivery.sender import DeliveryStatus
 from agent.errors import RecordInvalid, SpoolError, SpoolFull
 from agent.http_server import HttpError, Request, Response, Routes
-from agent.idempotency import Answer, IdempotencyStore, key_problem
+from agent.idempotency import Answer, IdempotencyStore, KeyReused, fingerprint, key_problem
 from agent.metrics import Metrics
 from agent.records import decode_envelope, encode_envelopes, validate_records
 from agent.spool import Spool
@@ -139,20 +141,24 @@ async def _ingest(request: Request, state: IngestState) -> Response:
     objs = _read_records(request, state.config)
     if key is None:
         return answer_response(await _store(state, objs, invoice, ""))
-    earlier = await state.keys.begin(key)
+    this_request = fingerprint(request.body, invoice)
+    try:
+        earlier = await state.keys.begin(key, this_request)
+    except KeyReused as exc:
+        raise Refused(422, "idempotency_key_reused", f"{exc}; nothing was stored") from None
     if earlier is not None:
         return answer_response(earlier, {"Idempotent-Replayed": "true"})
     answer = None
     try:
         answer = await _store(state, objs, invoice, key)
     finally:
-        await _remember(state, key, answer)
+        await _remember(state, key, answer, this_request)
     return answer_response(answer)
 
 
-async def _remember(state: IngestState, key: str, answer: Answer | None) -> None:
+async def _remember(state: IngestState, key: str, answer: Answer | None, request: str) -> None:
     try:
-        await state.keys.finish(key, answer)
+        await state.keys.finish(key, answer, request)
     except SpoolError as exc:
         log.error("could not remember Idempotency-Key (the records are stored): %s", exc)
 
@@ -245,10 +251,21 @@ def _read_records(request: Request, config: IngestConfig) -> list[object]:
 
 def _parse_json(body: bytes) -> list[object]:
     try:
-        value = orjson.loads(body)
+        value = _loads(body)
     except orjson.JSONDecodeError as exc:
         raise Refused(400, "malformed_json", f"malformed JSON: {exc}") from None
     return value if isinstance(value, list) else [value]
+
+
+def _loads(raw: bytes) -> object:
+    """The JSON value of `raw`, every integer exact: orjson reads an integer beyond 64 bits
+    as a float, so a body with a float recordValue (refused anyway, or such an integer) is
+    read again by the standard library, which keeps integers whole."""
+    value = orjson.loads(raw)
+    records = value if isinstance(value, list) else [value]
+    if any(isinstance(r, dict) and type(r.get("recordValue")) is float for r in records):
+        value = json.loads(raw)
+    return value
 
 
 def _parse_ndjson(body: bytes) -> list[object]:
@@ -257,7 +274,7 @@ def _parse_ndjson(body: bytes) -> list[object]:
         if not line.strip():
             continue
         try:
-            objs.append(orjson.loads(line))
+            objs.append(_loads(line))
         except orjson.JSONDecodeError as exc:
             raise Refused(
                 400, "malformed_json", f"malformed JSON on line {number}: {exc}"

@@ -234,6 +234,41 @@ async def test_a_refused_request_does_not_burn_its_idempotency_key(start_agent: 
     assert len(await agent.stored()) == 1
 
 
+async def test_a_key_reused_for_another_request_is_refused_and_stores_nothing(
+    start_agent: AgentFactory,
+):
+    agent = await start_agent()
+    headers = {"Idempotency-Key": "order-43"}
+    assert (await agent.post(record(1), headers=dict(headers)))[0] == 202
+    status, _, body = await agent.post(record(2), headers=dict(headers))
+    assert status == 422
+    assert "order-43" in body["error"] and "nothing was stored" in body["error"]
+    invoiced = await agent.post(record(1), headers=dict(headers), params={"invoice": "true"})
+    assert invoiced[0] == 422  # the same body with another invoice flag is another request
+    status, replayed, _ = await agent.post(record(1), headers=dict(headers))
+    assert (status, replayed["Idempotent-Replayed"]) == (202, "true")
+    assert [r["recordValue"] for r in await agent.stored()] == ["1"]
+
+
+async def test_an_integer_beyond_64_bits_is_kept_as_its_exact_digits(start_agent: AgentFactory):
+    agent = await start_agent()
+    digits = "123456789012345678901234567890"
+    body = orjson.dumps(record(1)).replace(
+        b'"recordValue":"1"', b'"recordValue":' + digits.encode()
+    )
+    status, _, _ = await agent.post(None, raw=body)
+    assert status == 202
+    ndjson = body + b"\n" + body.replace(digits.encode(), b"-" + digits.encode())
+    status, _, _ = await agent.post(
+        None, raw=ndjson, headers={"Content-Type": "application/x-ndjson"}
+    )
+    assert status == 202
+    stored = [r["recordValue"] for r in await agent.stored()]
+    assert stored == [digits, digits, "-" + digits]
+    status, _, refused = await agent.post(record(1, recordValue=1.5))
+    assert status == 400 and "string" in refused["errors"][0]["message"]
+
+
 async def test_a_bad_idempotency_key_is_refused(start_agent: AgentFactory):
     agent = await start_agent()
     status, _, body = await agent.post(record(1), headers={"Idempotency-Key": "x" * 300})

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import agent.ingest
 from tests.conftest import AgentFactory
+from tests.integration.agent_process import AgentProcess
 
-DOC = json.loads((Path(agent.ingest.__file__).parent / "openapi.json").read_text())
+DOC_PATH = Path(agent.ingest.__file__).parent / "openapi.json"
+DOC = json.loads(DOC_PATH.read_text())
 
 
 async def test_the_document_lists_exactly_the_apps_routes(start_agent: AgentFactory):
@@ -36,3 +41,39 @@ def test_the_record_schema_names_the_fields_the_validator_knows():
     schema = DOC["components"]["schemas"]["Record"]
     assert set(schema["properties"]) == set(KNOWN_FIELDS)
     assert set(schema["required"]) == set(REQUIRED_FIELDS)
+
+
+def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_document(tmp_path: Path):
+    """A schema-driven fuzzer against the live agent, bounded in time: every answer is one
+    the document lists, in the shape it gives, and none is a 5xx."""
+    process = AgentProcess(tmp_path, spool={"fsync": "off"})
+    process.start()
+    try:
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "schemathesis"),
+                "run",
+                str(DOC_PATH),
+                "--url",
+                process.url,
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,"
+                "response_schema_conformance",
+                "--max-time",
+                "20",
+                "--seed",
+                "1",
+                "--generation-database",
+                "none",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            check=False,
+        )
+    finally:
+        process.signal(signal.SIGTERM)
+        process.wait()
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert re.search(r"\d+ generated, \d+ passed", result.stdout), result.stdout[-2000:]
