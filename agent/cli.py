@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import sys
 
@@ -21,7 +22,7 @@ from agent.delivery import deadletter, reconcile
 from agent.delivery.auth import TokenError
 from agent.delivery.uplink import LookupFailed
 from agent.errors import AgentError
-from agent.service import Service
+from agent.service import Service, StartFailed
 from agent.testing.fake_paigo import FakePaigo
 
 DEFAULT_CONFIG = "/etc/usage-agent/agent.toml"
@@ -30,7 +31,10 @@ EXIT_FAILED = 1
 
 
 def _load(path: str | None) -> config.Config:
-    return config.load(path) if path else config.Config()
+    """The configuration at `path`, or the defaults; secrets from the environment either way."""
+    if path:
+        return config.load(path)
+    return config.resolve_secrets(config.Config(), os.environ)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -40,7 +44,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    asyncio.run(Service(cfg).run())
+    try:
+        asyncio.run(Service(cfg).run())
+    except StartFailed as exc:
+        print(f"usage-agent: cannot start: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
 
 

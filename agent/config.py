@@ -8,6 +8,7 @@ keys are errors too: a typo must not silently fall back to a default.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class IngestConfig:
     unix_socket_mode: str = "0660"
     allow_remote: bool = False
     token_file: str = ""
+    token: str = field(default="", repr=False, metadata={"from": "ingest.token_file"})
     max_request_bytes: int = MiB
     body_timeout_s: float = 10.0
     keepalive_timeout_s: float = 15.0
@@ -116,6 +118,9 @@ class RetryConfig:
     circuit_failures: int = 5
 
 
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = "INFO"
@@ -155,7 +160,8 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(source, "-", f"cannot read the file: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "-", f"not valid TOML: {exc}") from exc
-    return resolve_secrets(from_mapping(data, source), os.environ if environ is None else environ)
+    config = from_mapping(data, source)
+    return resolve_secrets(config, os.environ if environ is None else environ)
 
 
 def resolve_secrets(config: Config, environ: Mapping[str, str]) -> Config:
@@ -176,7 +182,24 @@ def resolve_secrets(config: Config, environ: Mapping[str, str]) -> Config:
         path = Path(credentials) / "paigo_client_secret"
         secret = _read_secret(path, config, "upstream.client_secret")
     upstream = dataclasses.replace(up, client_id=client_id, client_secret=secret)
-    return dataclasses.replace(config, upstream=upstream)
+    ingest = dataclasses.replace(config.ingest, token=_read_token(config))
+    return dataclasses.replace(config, upstream=upstream, ingest=ingest)
+
+
+def _read_token(config: Config) -> str:
+    path = config.ingest.token_file
+    if not path:
+        return ""
+    try:
+        token = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise ConfigError(
+            config.source, "ingest.token_file", f"cannot read {path}: {why}"
+        ) from None
+    if not token:
+        raise ConfigError(config.source, "ingest.token_file", f"{path} is empty")
+    return token
 
 
 def _read_secret(path: Path, config: Config, key: str) -> str:
@@ -212,6 +235,8 @@ def _section(cls: type[Any], name: str, table: dict[str, Any], source: str) -> A
     values: dict[str, Any] = {}
     for key, value in table.items():
         spec = known.get(key)
+        if spec is not None and "from" in spec.metadata:
+            raise ConfigError(source, f"{name}.{key}", f"is set from {spec.metadata['from']}")
         if spec is None:
             raise ConfigError(source, f"{name}.{key}", f"unknown key; known: {', '.join(known)}")
         values[key] = _typed(value, str(spec.type), f"{name}.{key}", source)
@@ -304,6 +329,50 @@ def _check(config: Config) -> None:
         mode = -1
     if not 0 <= mode <= 0o777:
         raise ConfigError(src, "ingest.unix_socket_mode", 'must be an octal mode like "0660"')
+    if config.log.level.upper() not in LOG_LEVELS:
+        raise ConfigError(src, "log.level", f"must be one of {', '.join(LOG_LEVELS)}")
+    _check_exposure(config)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """("127.0.0.1", 7411) from "127.0.0.1:7411"; "[::1]:7411" for IPv6."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_exposure(config: Config) -> None:
+    """Refuse to listen beyond this host unless told to, and then only with a token."""
+    ingest = config.ingest
+    if not ingest.listen:
+        return
+    try:
+        host, _ = parse_listen(ingest.listen)
+    except ValueError as exc:
+        raise ConfigError(config.source, "ingest.listen", str(exc)) from None
+    if is_loopback(host):
+        return
+    if not ingest.allow_remote:
+        raise ConfigError(
+            config.source,
+            "ingest.listen",
+            f"{host} is not a loopback address; set ingest.allow_remote = true "
+            "(and ingest.token_file) to accept usage from other hosts",
+        )
+    if not ingest.token_file:
+        raise ConfigError(
+            config.source, "ingest.token_file", "is required when ingest.allow_remote = true"
+        )
 
 
 def _check_upstream(config: Config) -> None:

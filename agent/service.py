@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
@@ -28,7 +27,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from agent import __version__
-from agent.config import Config, IngestConfig, socket_mode
+from agent.config import Config, IngestConfig, parse_listen, socket_mode
 from agent.delivery import deadletter
 from agent.delivery.auth import TokenManager
 from agent.delivery.deadletter import DeadLetterFile
@@ -36,7 +35,7 @@ from agent.delivery.exits import Exits
 from agent.delivery.ledger import Ledger
 from agent.delivery.sender import Sender
 from agent.delivery.uplink import Uplink
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError
 from agent.http_server import HttpServer, Limits
 from agent.idempotency import IdempotencyStore
 from agent.ingest import IngestState, oldest_unsent_age, refused_by_http, routes
@@ -44,62 +43,6 @@ from agent.metrics import Metrics
 from agent.spool import Spool
 
 log = logging.getLogger(__name__)
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """("127.0.0.1", 7411) from "127.0.0.1:7411"; "[::1]:7411" for IPv6."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{value!r} is not host:port")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_exposure(config: Config) -> None:
-    """Refuse to listen beyond this host unless told to, and then only with a token."""
-    ingest = config.ingest
-    if not ingest.listen:
-        return
-    try:
-        host, _ = parse_listen(ingest.listen)
-    except ValueError as exc:
-        raise ConfigError(config.source, "ingest.listen", str(exc)) from None
-    if is_loopback(host):
-        return
-    if not ingest.allow_remote:
-        raise ConfigError(
-            config.source,
-            "ingest.listen",
-            f"{host} is not a loopback address; set ingest.allow_remote = true "
-            "(and ingest.token_file) to accept usage from other hosts",
-        )
-    if not ingest.token_file:
-        raise ConfigError(
-            config.source, "ingest.token_file", "is required when ingest.allow_remote = true"
-        )
-
-
-def read_token(config: Config) -> bytes | None:
-    path = config.ingest.token_file
-    if not path:
-        return None
-    try:
-        token = Path(path).read_bytes().strip()
-    except OSError as exc:
-        raise ConfigError(
-            config.source, "ingest.token_file", f"cannot read: {exc.strerror}"
-        ) from None
-    if not token:
-        raise ConfigError(config.source, "ingest.token_file", f"{path} is empty")
-    return token
 
 
 def bind_unix_socket(ingest: IngestConfig) -> socket.socket:
@@ -128,6 +71,10 @@ def bind_unix_socket(ingest: IngestConfig) -> socket.socket:
         os.umask(old_umask)
     os.chmod(path, socket_mode(ingest))
     return sock
+
+
+class StartFailed(AgentError):
+    """The agent could not start (the reason names what and where); nothing was served."""
 
 
 def sd_notify(message: str) -> None:
@@ -166,8 +113,7 @@ class Service:
         sd_notify("READY=1")
 
     async def _start(self) -> None:
-        check_exposure(self.config)
-        token = read_token(self.config)
+        token = self.config.ingest.token.encode() or None
         stack = self._stack
         self.spool.open()
         stack.push_async_callback(self.spool.close)
@@ -249,7 +195,10 @@ class Service:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
-        await self.start()
+        try:
+            await self.start()
+        except (OSError, AgentError) as exc:  # a port in use, a locked or unsafe spool ...
+            raise StartFailed(str(exc)) from None
         try:
             await stopping.wait()
         finally:

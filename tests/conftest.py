@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
-from agent.config import DEFAULT_ID_KEY, Config, SpoolConfig, from_mapping
+from agent.config import DEFAULT_ID_KEY, Config, SpoolConfig, from_mapping, resolve_secrets
 from agent.records import decode_envelope
 from agent.service import Service
 from agent.spool import Spool
@@ -56,7 +56,7 @@ def agent_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
-    return from_mapping(data, "test")
+    return resolve_secrets(from_mapping(data, "test"), {})
 
 
 class RunningAgent:

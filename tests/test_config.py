@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,74 @@ def test_check_config_never_prints_the_secret(tmp_path: Path, capsys):
     assert main(["check-config", "--config", str(config_file)]) == 0
     out = capsys.readouterr().out
     assert "hunter2" not in out and "(set)" in out
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "words"),
+    [
+        ({"log": {"level": "LOUD"}}, "log.level", "one of DEBUG"),
+        ({"ingest": {"listen": "0.0.0.0:7411"}}, "ingest.listen", "allow_remote"),
+        ({"ingest": {"listen": "192.0.2.1:7411"}}, "ingest.listen", "allow_remote"),
+        (
+            {"ingest": {"listen": "0.0.0.0:7411", "allow_remote": True}},
+            "ingest.token_file",
+            "required",
+        ),
+        ({"ingest": {"listen": "nowhere"}}, "ingest.listen", "not host:port"),
+        ({"ingest": {"token": "x"}}, "ingest.token", "is set from ingest.token_file"),
+        ({"spool": {"min_free_bytes": -2}}, "spool.min_free_bytes", "-1"),
+    ],
+)
+def test_what_run_would_refuse_is_refused_by_the_configuration(data, key: str, words: str):
+    with pytest.raises(ConfigError) as caught:
+        from_mapping(data, "agent.toml")
+    assert (caught.value.key, words in caught.value.reason) == (key, True)
+
+
+def test_an_unreadable_or_empty_token_file_is_a_config_error(tmp_path: Path):
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(f'[ingest]\ntoken_file = "{tmp_path / "absent"}"\n')
+    with pytest.raises(ConfigError, match=r"ingest\.token_file: cannot read"):
+        load(config_file, {})
+    (tmp_path / "empty").write_text("\n")
+    config_file.write_text(f'[ingest]\ntoken_file = "{tmp_path / "empty"}"\n')
+    with pytest.raises(ConfigError, match="is empty"):
+        load(config_file, {})
+
+
+def run_agent(config_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args, "--config", str(config_file)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_a_bad_configuration_exits_2_with_one_line_and_no_traceback(tmp_path: Path, command: str):
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text('[log]\nlevel = "LOUD"\n')
+    result = run_agent(config_file, command)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "log.level" in result.stderr
+
+
+def test_a_port_in_use_exits_2_naming_the_address(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config_file = tmp_path / "agent.toml"
+        config_file.write_text(
+            f'[spool]\ndir = "{tmp_path / "spool"}"\nmin_free_bytes = 0\n'
+            f'[ingest]\nlisten = "127.0.0.1:{port}"\nunix_socket = ""\n'
+            "[upstream]\nenabled = false\n"
+        )
+        result = run_agent(config_file, "run")
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "usage-agent:" in line]
+    assert len(lines) == 1 and str(port) in lines[0]
+    assert "Traceback" not in result.stderr

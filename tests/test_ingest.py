@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError
 from agent.records import decode_envelope
 from agent.service import Service
 from tests.conftest import AgentFactory, agent_config, record
@@ -338,16 +338,6 @@ async def test_a_live_socket_or_a_regular_file_at_the_socket_path_is_not_replace
     with pytest.raises(AgentError, match="not a socket"):
         await Service(config).start()
     assert path.read_text() == "precious"
-
-
-@pytest.mark.parametrize("listen", ["0.0.0.0:7411", "192.0.2.1:7411"])
-async def test_a_non_loopback_address_needs_allow_remote_and_a_token(tmp_path: Path, listen: str):
-    config = agent_config(tmp_path, ingest={"listen": listen})
-    with pytest.raises(ConfigError, match="allow_remote"):
-        await Service(config).start()
-    config = agent_config(tmp_path, ingest={"listen": listen, "allow_remote": True})
-    with pytest.raises(ConfigError, match="token_file"):
-        await Service(config).start()
 
 
 async def test_a_slow_body_gets_408_and_others_are_served_meanwhile(start_agent: AgentFactory):
