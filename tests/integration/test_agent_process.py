@@ -115,8 +115,9 @@ def test_a_second_agent_on_the_same_spool_exits_with_a_clear_message(
     second = AgentProcess(second_dir, spool={"dir": str(tmp_path / "spool")})
     agents.append(second)
     second.start(wait=False)
-    assert second.wait() == 1
-    assert "in use by another usage-agent" in second.log()
+    assert second.wait() == 2  # a start-up failure: systemd does not restart-loop on it
+    assert "cannot start" in second.log() and "in use by another usage-agent" in second.log()
+    assert "Traceback" not in second.log()
     assert first.post(record(1))[0] == 202
 
 
