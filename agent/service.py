@@ -41,6 +41,7 @@ from agent.idempotency import IdempotencyStore
 from agent.ingest import IngestState, oldest_unsent_age, refused_by_http, routes
 from agent.metrics import Metrics
 from agent.spool import Spool
+from agent.spool.space import DRAIN_RESERVE
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class Service:
     def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
         self.config = config
         self.metrics = Metrics(registry or CollectorRegistry())
-        self.spool = Spool(config.spool, observer=self.metrics)
+        self.spool = Spool(config.spool, observer=self.metrics, drain_reserve=DRAIN_RESERVE)
         self.keys = IdempotencyStore(config.spool, config.ingest)
         self.addresses: list[str] = []
         self.state: IngestState | None = None
@@ -157,7 +158,7 @@ class Service:
             gzip_arrays=upstream.gzip,
             max_retry_after_s=upstream.max_retry_after_s,
         )
-        ledger = Ledger(self.config.spool, upstream.ledger_max_bytes)
+        ledger = Ledger(self.config.spool, upstream.ledger_max_bytes, self.spool.space.reserve)
         await ledger.start()
         self._stack.push_async_callback(ledger.stop)
         self.spool.space.count_also(lambda: ledger.bytes_used)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,30 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[AgentFactory]:
     yield factory
     for agent in running:
         await agent.close()
+
+
+def mount_tmpfs(directory: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` at `directory` (needs root: CI runs as root); unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    directory.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0750", "tmpfs", str(directory)],
+        capture_output=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 512 KiB filesystem of its own."""
+    yield from mount_tmpfs(tmp_path / "small", "512k")
 
 
 def record(n: int = 0, **changes: Any) -> dict[str, Any]:

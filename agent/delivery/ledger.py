@@ -13,11 +13,12 @@ Two parts, both under `spool.dir`:
   of its own (a power loss can cut its tail; `usage-agent reconcile` then reports those
   records as unknown, never as missing). When it passes half of `upstream.ledger_max_bytes`
   it becomes `delivered.1.jsonl`, replacing the older one: about `ledger_max_bytes` of
-  history is kept, and counted in `spool.max_bytes`. Lines are not written while the
-  filesystem's free space is under half of `spool.min_free_bytes` (that room is kept for
-  the writes that free space: marks, the cursor); they are counted as not recorded, and
-  `reconcile` reports such records as unknown. `usage-agent reconcile` reads the files,
-  skipping and counting torn lines.
+  history is kept (at most `VOLUME_SHARE` of the volume), and counted in `spool.max_bytes`.
+  The history gives way to usage: while free space is under the ingest reserve
+  (`spool.min_free_bytes`) the older file is deleted, and under half the reserve (kept for
+  the writes that free space: marks, the cursor) no line is written; such deliveries are
+  counted as not recorded, and `reconcile` reports them as unknown, never as missing.
+  `usage-agent reconcile` reads the files, skipping and naming torn lines.
 """
 
 from __future__ import annotations
@@ -44,16 +45,18 @@ log = logging.getLogger(__name__)
 DELIVERED: Final = "delivered.jsonl"
 DELIVERED_OLD: Final = "delivered.1.jsonl"
 MARKS_MAX_BYTES: Final = 16 * MiB  # marks hold about what is in flight: far less than this
+VOLUME_SHARE: Final = 0.1  # the deliveries history takes at most this share of the volume
 
 
 class Ledger:
-    def __init__(self, spool_config: SpoolConfig, max_bytes: int) -> None:
+    def __init__(self, spool_config: SpoolConfig, max_bytes: int, reserve: int = 0) -> None:
+        """`reserve`: the usage spool's free-space reserve in force (see agent.spool.space)."""
         self.dir = Path(spool_config.dir)
         self._marks = side_spool(spool_config, "ledger", MARKS_MAX_BYTES)
         self._marked: deque[tuple[int, int]] = deque()  # (mark seq, highest record seq)
         self.maybe_sent: set[int] = set()
         self._max_bytes = max_bytes
-        self._keep_free = spool_config.min_free_bytes // 2
+        self._reserve = reserve
         self._delivered_lock = asyncio.Lock()
         self._pending: list[dict[str, object]] = []
         self._deliveries_bytes = 0
@@ -66,6 +69,8 @@ class Ledger:
         return self._marks.bytes_used + self._deliveries_bytes
 
     async def start(self) -> None:
+        st = os.statvfs(self.dir)
+        self._max_bytes = min(self._max_bytes, int(st.f_blocks * st.f_frsize * VOLUME_SHARE))
         self._deliveries_bytes = sum(
             path.stat().st_size
             for path in (self.dir / DELIVERED, self.dir / DELIVERED_OLD)
@@ -119,7 +124,10 @@ class Ledger:
             return
         try:
             st = os.statvfs(self.dir)
-            if st.f_bavail * st.f_frsize < self._keep_free:
+            free = st.f_bavail * st.f_frsize
+            if free < self._reserve:
+                self._give_way()
+            if free < self._reserve // 2:
                 raise OSError(28, "free space is under half of spool.min_free_bytes")
             await self._append(lines)
         except OSError as exc:
@@ -138,6 +146,14 @@ class Ledger:
                 old = self.dir / DELIVERED_OLD
                 self._deliveries_bytes -= old.stat().st_size if old.exists() else 0
                 os.replace(path, old)
+
+    def _give_way(self) -> None:
+        """Delete the older deliveries file: usage comes before its history."""
+        old = self.dir / DELIVERED_OLD
+        if old.exists():
+            self._deliveries_bytes -= old.stat().st_size
+            old.unlink()
+            log.warning("the disk is full: deleted %s to make room for usage", old)
 
 
 def _private(path: str, flags: int) -> int:

@@ -18,7 +18,7 @@ from typing import Final
 from agent.config import SpoolConfig
 from agent.spool.spool import Spool
 
-SIDE_SEGMENT_BYTES: Final = 1024 * 1024
+SIDE_SEGMENT_BYTES: Final = 256 * 1024
 
 
 def side_spool(main: SpoolConfig, name: str, max_bytes: int) -> Spool:

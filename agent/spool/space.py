@@ -8,7 +8,9 @@ Two bounds, both checked before anything is written:
   that refuses *ingest*; the writes that free space (ledger marks, the cursor) may use it,
   so a full spool can always drain. `-1` (the default) scales it to the volume: the
   smaller of `DEFAULT_RESERVE` and `RESERVE_SHARE` of the filesystem, so a small volume
-  (a 256 MiB PVC) is not refused whole.
+  (a 256 MiB PVC) is not refused whole. The usage spool never keeps less than
+  `DRAIN_RESERVE`, whatever is configured (0 included): the room the ledger's marks and
+  the cursor need to drain a full spool until its first segment can be deleted.
 
 Free space is read with statvfs at most every `FREE_SPACE_TTL_S` and debited by what is
 appended in between. The first refusal is logged, then once a minute with a count.
@@ -31,15 +33,17 @@ log = logging.getLogger(__name__)
 FREE_SPACE_TTL_S: Final = 0.1
 DEFAULT_RESERVE: Final = 256 * 1024 * 1024
 RESERVE_SHARE: Final = 0.05
+DRAIN_RESERVE: Final = 1024 * 1024
 PROBE_BYTES: Final = 4096  # "full" for readiness: an append of this size would be refused
 
 
-def reserve_for(directory: Path, configured: int) -> int:
-    """The free-space reserve in bytes: `configured`, or with -1 the volume's share."""
+def reserve_for(directory: Path, configured: int, floor: int = 0) -> int:
+    """The free-space reserve in bytes: `configured`, or with -1 the volume's share; never
+    under `floor`."""
     if configured >= 0:
-        return configured
+        return max(configured, floor)
     st = os.statvfs(directory)
-    return min(DEFAULT_RESERVE, int(st.f_blocks * st.f_frsize * RESERVE_SHARE))
+    return max(floor, min(DEFAULT_RESERVE, int(st.f_blocks * st.f_frsize * RESERVE_SHARE)))
 
 
 class Space:
@@ -60,6 +64,7 @@ class Space:
         self._free = 0
         self._checked_at = -1.0
         self._refused = Throttled(log, "usage refused, the spool is full")
+        self._refused_size = 0  # the last append refused, until one of its size would fit
 
     def count_also(self, bytes_used: Callable[[], int]) -> None:
         """Count what `bytes_used` reports in `max_bytes` too (a side spool, a file)."""
@@ -79,13 +84,18 @@ class Space:
         raise SpoolFull and take nothing."""
         why = self._refusal(size, pending)
         if why:
+            self._refused_size = max(self._refused_size, size)
             self._refused.warning("%s", why)
             raise SpoolFull(why)
         self._free -= size
 
     def full_reason(self) -> str:
-        """Why an append would be refused now ("" when it would not): for readiness."""
-        return self._refusal(PROBE_BYTES, 0)
+        """Why an append would be refused now ("" when it would not): for readiness. The
+        size probed is that of the last refused append, until one of its size would fit."""
+        why = self._refusal(max(PROBE_BYTES, self._refused_size), 0)
+        if not why:
+            self._refused_size = 0
+        return why
 
     def _refusal(self, size: int, pending: int) -> str:
         if self.bytes_used + pending + size > self.max_bytes:

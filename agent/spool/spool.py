@@ -121,8 +121,12 @@ class Spool:
         *,
         observer: SpoolObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        drain_reserve: int = 0,
     ) -> None:
+        """`drain_reserve`: free space this spool never takes, whatever spool.min_free_bytes
+        says (the usage spool keeps `space.DRAIN_RESERVE` for the writes that drain it)."""
         self.config = config
+        self._drain_reserve = drain_reserve
         self.observer: SpoolObserver = observer or _NoObserver()
         self.dir = Path(config.dir)
         self.stats = SpoolStats()
@@ -169,7 +173,7 @@ class Spool:
         check_directory(self.dir)
         (self.dir / "quarantine").mkdir(exist_ok=True, mode=0o750)
         self._lock_fd = lock_directory(self.dir)
-        self.space.reserve = reserve_for(self.dir, self.config.min_free_bytes)
+        self.space.reserve = reserve_for(self.dir, self.config.min_free_bytes, self._drain_reserve)
         fmt.spare_tmp_path(self.dir).unlink(missing_ok=True)  # a fill cut short by a crash
         cursor = self._load_cursor()
         self.spool_id = cursor.spool_id

@@ -71,8 +71,8 @@ async def test_a_torn_line_is_skipped_and_named_by_file_and_line(tmp_path: Path)
 
 async def test_deliveries_are_not_written_into_the_reserve_kept_for_draining(tmp_path: Path):
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
-    config = SpoolConfig(dir=str(tmp_path), min_free_bytes=4 * free)  # half of it: 2 x free
-    ledger = Ledger(config, 1 << 20)
+    config = SpoolConfig(dir=str(tmp_path), min_free_bytes=0)
+    ledger = Ledger(config, 1 << 20, reserve=4 * free)  # half the reserve: twice what is free
     await ledger.start()
     ledger.note([("id-1", fields(1))])
     await ledger.flush()
