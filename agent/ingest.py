@@ -41,7 +41,7 @@ import orjson
 
 from agent import __version__
 from agent.config import IngestConfig
-from agent.delivery.sender import DeliveryStatus
+from agent.delivery.status import DeliveryStatus
 from agent.errors import RecordInvalid, SpoolError, SpoolFull
 from agent.http_server import HttpError, Request, Response, Routes
 from agent.idempotency import Answer, IdempotencyStore, KeyReused, fingerprint, key_problem

@@ -14,7 +14,8 @@ import pytest
 from agent.errors import AgentError
 from agent.records import decode_envelope
 from agent.service import Service
-from tests.conftest import AgentFactory, agent_config, record
+from agent.testing.fake_paigo import FakePaigo
+from tests.conftest import AgentFactory, agent_config, delivering, eventually, record
 
 pytestmark = pytest.mark.asyncio
 
@@ -383,3 +384,22 @@ async def test_a_thousand_idle_connections_do_not_stop_service(start_agent: Agen
     assert status == 202
     for _, writer in idle:
         writer.close()
+
+
+async def test_what_the_agent_keeps_beside_the_segments_counts_and_every_file_is_private(
+    start_agent: AgentFactory, paigo: FakePaigo
+):
+    paigo.faults.reject_customers = {"customer-3"}
+    agent = await start_agent(**delivering(paigo))
+    for n in range(20):
+        assert (await agent.post(record(n), headers={"Idempotency-Key": f"k{n}"}))[0] == 202
+    spool = agent.service.spool
+    await eventually(lambda: spool.backlog == 0, what="delivered and dead-lettered")
+    await eventually((spool.dir / "delivered.jsonl").exists, what="deliveries file")
+    status = spool.status()
+    side = [spool.dir / "idempotency", spool.dir / "ledger"]
+    side_bytes = sum(p.stat().st_size for d in side for p in d.glob("*.seg"))
+    assert status.bytes >= status.segment_bytes + side_bytes
+    for path in spool.dir.rglob("*"):
+        if path.is_file():
+            assert stat.S_IMODE(path.stat().st_mode) & 0o037 == 0, path

@@ -1,12 +1,14 @@
 """Backing off as one client: every send passes this gate first.
 
-* **Backoff, shared**: a failed send (no answer, 429, 5xx, a configuration problem) makes
-  every sender wait, not only the one that failed. The wait grows exponentially with the
-  failures in a row (tenacity's exponential strategy, full jitter by default, capped at
-  `retry.max_backoff_s`); a success resets it. Failures of sends that started before the
-  last counted failure do not grow it again: 32 sends that fail together are one failure.
-  So however the upstream refuses, the agent's request rate falls to about one per
-  backoff: no status can make it hammer the upstream.
+* **Backoff, shared**: from the second failure in a row (no answer, 429, 5xx, a
+  configuration problem; no success between), every sender waits, not only the one that
+  failed. The wait grows exponentially with the failures in a row (tenacity's exponential
+  strategy, full jitter by default, capped at `retry.max_backoff_s`); a success resets it.
+  Failures of sends that started before the last counted failure do not grow it again:
+  32 sends that fail together are one failure. So however the upstream refuses, the
+  agent's request rate falls to about one per backoff: no status can make it hammer the
+  upstream. A lone failure among successes (a 5 % error rate) pauses nobody: the record
+  that failed waits out its own backoff (`backoff_s`, in its lane), the rest flow.
 * **Pause**: a Retry-After (429, 503) holds every sender until then.
 * **Circuit**: after `retry.circuit_failures` failures in a row, one send at a time; the
   first success closes it.
@@ -35,6 +37,7 @@ from agent.delivery.policy import Decision, Health
 log = logging.getLogger(__name__)
 
 INITIAL_LIMIT: Final = 4.0
+SHARED_FROM: Final = 2  # failures in a row from which every sender waits
 LOG_EVERY_S: Final = 60.0
 
 
@@ -157,13 +160,19 @@ class Gate:
         self.failures_in_a_row += 1
         if overload:
             self.limit = max(1.0, self.limit / 2)
-        self._attempt.attempt_number = self.failures_in_a_row
-        self.paused_until = max(self.paused_until, self._clock() + self._strategy(self._attempt))
+        if self.failures_in_a_row >= SHARED_FROM:
+            wait = self.backoff_s(self.failures_in_a_row - SHARED_FROM + 1)
+            self.paused_until = max(self.paused_until, self._clock() + wait)
         if self.failures_in_a_row == self.circuit_failures:
             log.warning(
                 "upstream failing: %d failures in a row; probing one at a time",
                 self.failures_in_a_row,
             )
+
+    def backoff_s(self, failures: int) -> float:
+        """Seconds to wait after `failures` failures in a row (one record's, or everyone's)."""
+        self._attempt.attempt_number = max(1, failures)
+        return float(self._strategy(self._attempt))
 
     def pause(self, seconds: float) -> None:
         until = self._clock() + seconds

@@ -24,6 +24,7 @@ class Item:
     fields: dict[str, object]  # the record as the app sent it, parsed once
     body: bytes  # the JSON sent upstream for this record
     attempts: int = 0
+    failures: int = 0  # sends in a row that did not settle it: its own backoff grows
     unknown_since: float | None = None  # effectively-once: its last outcome is unknown
     marked: bool = False  # effectively-once: noted in the ledger as possibly sent
 

@@ -26,7 +26,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Final, Protocol
 
 from agent.config import RetryConfig, UpstreamConfig
@@ -38,6 +37,7 @@ from agent.delivery.lanes import Lane, Lanes
 from agent.delivery.ledger import Ledger
 from agent.delivery.policy import Action, Decision, Health, decide
 from agent.delivery.recheck import Resolver
+from agent.delivery.status import DeliveryStatus, LastResult
 from agent.delivery.uplink import Reply, Upstream
 from agent.spool.reader import Entry
 
@@ -64,52 +64,6 @@ class SpoolOut(Protocol):
     async def wait_for_data(self, timeout: float) -> None: ...
 
     def ack(self, seqs: Sequence[int]) -> None: ...
-
-
-@dataclass(frozen=True)
-class LastResult:
-    status: int
-    error: str
-    at: float  # Unix time
-
-
-@dataclass(frozen=True)
-class DeliveryStatus:
-    """One typed view of delivery, read by `/status`, `/readyz` and the metrics."""
-
-    mode: str
-    degraded: str  # why delivery cannot work until a person acts ("" when it can)
-    paused_for_s: float
-    circuit_open: bool
-    concurrency_limit: float
-    in_flight: int
-    buffered_records: int
-    parked_pairs: list[tuple[str, str]]
-    left: dict[str, int]  # records that left the agent's care, by reason
-    unknown_outcomes: int
-    duplicates_prevented: int
-    deliveries_not_recorded: int
-    last_result: LastResult | None
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "degraded": bool(self.degraded),
-            "reason": self.degraded,
-            "paused_for_s": round(self.paused_for_s, 3),
-            "circuit_open": self.circuit_open,
-            "concurrency_limit": round(self.concurrency_limit, 2),
-            "in_flight": self.in_flight,
-            "buffered_records": self.buffered_records,
-            "parked_pairs": [{"customerId": c, "dimensionId": d} for c, d in self.parked_pairs],
-            "delivered": self.left.get(Reason.DELIVERED.value, 0),
-            "dead_lettered": self.left.get(Reason.DEAD_LETTERED.value, 0),
-            "left": self.left,
-            "mode": self.mode,
-            "unknown_outcomes": self.unknown_outcomes,
-            "duplicates_prevented": self.duplicates_prevented,
-            "deliveries_not_recorded": self.deliveries_not_recorded,
-            "last_result": None if self.last_result is None else vars(self.last_result),
-        }
 
 
 class Sender:
@@ -291,7 +245,7 @@ class Sender:
                 token = await self._tokens.get()
             except TokenError as exc:
                 self._token_failed(exc, ticket)
-                self._put_back(batch)
+                self._retry_later(batch)
                 return
             if self._resolver is not None:
                 batch = await self._resolve_unknown(self._resolver, batch, token, ticket)
@@ -324,7 +278,7 @@ class Sender:
             batch = [pair for index, pair in enumerate(batch) if index not in gone]
         if not check.complete:
             self.gate.failed(ticket, overload=False)
-            self._put_back(batch)
+            self._retry_later(batch)
             return []
         return batch
 
@@ -391,7 +345,7 @@ class Sender:
             self._resolver.became_unknown([item for _, item in batch])
             self._put_back(batch, until=self._clock() + self._config.unknown_settle_s)
         else:
-            self._put_back(batch)
+            self._retry_later(batch)
 
     async def _send_with_fresh_token(self, batch: Taken, refused: str, ticket: int) -> None:
         self._tokens.invalidate(refused)
@@ -400,7 +354,7 @@ class Sender:
         except TokenError as exc:
             log.warning("token refresh after a refusal failed: %s", exc)
             self._token_failed(exc, ticket)
-            self._put_back(batch)
+            self._retry_later(batch)
             return
         await self._send(batch, token, ticket, token_refreshed=True)
 
@@ -433,6 +387,16 @@ class Sender:
         for lane, _ in batch:
             self._lanes.done(lane, now)
         return True
+
+    def _retry_later(self, batch: Taken) -> None:
+        """A send that failed: its records wait out their own backoff, growing with their
+        failures in a row, so a record the upstream keeps failing is never sent in a loop
+        while the others succeed."""
+        failures = 0
+        for _, item in batch:
+            item.failures += 1
+            failures = max(failures, item.failures)
+        self._put_back(batch, until=self._clock() + self.gate.backoff_s(failures))
 
     def _put_back(self, batch: Taken, *, until: float = 0.0, parked: bool = False) -> None:
         """The records go back to the front of their lanes, in their order, to be sent

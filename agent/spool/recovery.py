@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,3 +143,36 @@ def _set_aside(directory: Path, segment: Segment, data: bytes, stats: SpoolStats
         quarantine(directory, stats, segment.first_seq, 0, data)
     segment.path.unlink()
     fsync_dir(directory)
+
+
+def load_cursor(directory: Path, first_seq: int) -> fmt.Cursor:
+    """The cursor file's cursor; a new spool's (a fresh spool id, at `first_seq`) when
+    there is none. SpoolFormatError when it cannot be read."""
+    path = fmt.cursor_path(directory)
+    try:
+        return fmt.decode_cursor(path.read_bytes())
+    except FileNotFoundError:
+        return fmt.Cursor(secrets.token_hex(8), first_seq)
+    except ValueError as exc:
+        raise SpoolFormatError(
+            str(path), f"unreadable cursor: {exc}", "written by a newer usage-agent?"
+        ) from exc
+
+
+def frame_at(directory: Path, segment: int, offset: int, seq: int) -> bytes | None:
+    """The payload of the frame `seq` if it starts at `offset` of `segment`, else None
+    (checks a position hint, so that a wrong hint costs a scan, never a quarantine)."""
+    if offset < fmt.SEGMENT_HEADER_SIZE:
+        return None
+    try:
+        with open(fmt.segment_path(directory, segment), "rb") as handle:
+            handle.seek(offset)
+            head = handle.read(fmt.FRAME_HEADER_SIZE)
+            if len(head) < fmt.FRAME_HEADER_SIZE:
+                return None
+            length = fmt.FRAME_HEADER.unpack(head)[2]
+            data = head + handle.read(min(length, fmt.MAX_PAYLOAD_BYTES))
+        frame = fmt.decode_frame(data, 0)
+    except (OSError, fmt.CorruptFrame):
+        return None
+    return frame.payload if frame is not None and frame.seq == seq else None

@@ -10,10 +10,8 @@ The byte layout is in `agent.spool.format`. This module is the behaviour:
   crash cannot); with `"off"` the operating system decides (tests and benchmarks). The
   write and sync run on the event loop while syncs are fast (a thread hop would cost more
   than the sync), in a thread of their own once they are slow.
-* **Zero-filled segments** (`preallocate`): once the active segment is half full, a
-  thread zero-fills the file the next segment will be (`agent.spool.segments` says why:
-  cheaper fdatasyncs). The cost is disk: up to two segments of zeros beyond `bytes_used`.
-  Without a spare ready (the first segment, a full disk) a segment grows as it is written.
+* **The active segment** (`agent.spool.writer`): written, synced, cut back on failure,
+  rolled to a zero-filled spare when full.
 * **Limits** (`agent.spool.space`): an append that would take what the agent keeps past
   `max_bytes`, or the filesystem's free space under `min_free_bytes`, raises `SpoolFull`
   and stores nothing. ENOSPC from the filesystem does the same: the segment is cut back to
@@ -38,18 +36,16 @@ import contextlib
 import errno
 import logging
 import os
-import secrets
-import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final
 
 from agent.config import SpoolConfig
-from agent.errors import SpoolError, SpoolFormatError, SpoolFull
-from agent.fsio import fsync_dir, open_private, write_all, write_atomically
+from agent.errors import SpoolError, SpoolFull
+from agent.fsio import fsync_dir, write_atomically
 from agent.logs import Throttled
 from agent.records import agent_record_ids
 from agent.spool import format as fmt
@@ -57,12 +53,14 @@ from agent.spool.reader import Entry, ReadView, SpoolReader, SpoolStats
 from agent.spool.recovery import (
     Segment,
     check_directory,
+    frame_at,
     list_segments,
+    load_cursor,
     lock_directory,
     recover_tail,
 )
-from agent.spool.segments import create_segment, prepare_spare, seal_segment
 from agent.spool.space import Space, reserve_for
+from agent.spool.writer import SegmentWriter, SpoolObserver
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +94,6 @@ class SpoolStatus:
         return dict(vars(self))
 
 
-class SpoolObserver(Protocol):
-    """Told of each fsync and each group commit (the metrics layer implements it)."""
-
-    def fsynced(self, seconds: float) -> None: ...
-
-    def committed(self, records: int) -> None: ...
-
-
 class _NoObserver:
     def fsynced(self, seconds: float) -> None:
         pass
@@ -134,11 +124,9 @@ class Spool:
         self._clock = clock
         self._lock_fd = -1
         self._segments: list[Segment] = []
-        self._active_fd = -1
         self._next_seq = FIRST_SEQ  # the seq the next committed frame gets
         self._durable_seq = FIRST_SEQ  # frames below it are acknowledged to appenders
         self._durable_offset = 0  # end of those frames in the active segment
-        self._unsynced = False
         self._pending: list[_Waiting] = []
         self._pending_bytes = 0
         self._wakeup = asyncio.Event()
@@ -156,13 +144,11 @@ class Spool:
             log, "could not save the spool cursor (the last saved one holds)"
         )
         self._closing = False
-        self._broken = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._write_io = ThreadPoolExecutor(1, thread_name_prefix="spool-write")
-        self._spare_io = ThreadPoolExecutor(1, thread_name_prefix="spool-spare")
-        self._spare_wanted = False  # a spare was asked for since the last roll
-        self._fd_lock = threading.RLock()  # the active segment's fd: loop and write thread
-        self._sync_ewma_s = 0.0
+        self._writer = SegmentWriter(
+            config, self.dir, self.stats, self.observer, lambda: self.space.reserve
+        )
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -175,16 +161,17 @@ class Spool:
         self._lock_fd = lock_directory(self.dir)
         self.space.reserve = reserve_for(self.dir, self.config.min_free_bytes, self._drain_reserve)
         fmt.spare_tmp_path(self.dir).unlink(missing_ok=True)  # a fill cut short by a crash
-        cursor = self._load_cursor()
+        cursor = load_cursor(self.dir, FIRST_SEQ)
         self.spool_id = cursor.spool_id
-        self._segments = list_segments(self.dir)
+        self._segments = self._writer.segments = list_segments(self.dir)
         self._drop_consumed(cursor.next_seq)
         self._next_seq = recover_tail(self.dir, self._segments, self.stats) or FIRST_SEQ
         if self._next_seq < cursor.next_seq or not self._segments:
             self._next_seq = max(self._next_seq, cursor.next_seq)
-            self._roll(self._next_seq)
+            self._writer.roll(self._next_seq)
         else:
-            self._open_active()
+            self._writer.open_active()
+        self._durable_offset = self._segments[-1].size
         self._durable_seq = self._next_seq
         if cursor.next_seq < self._segments[0].first_seq:
             log.warning("spool cursor %d is before the oldest segment: consumed", cursor.next_seq)
@@ -194,7 +181,7 @@ class Spool:
         if (
             cursor.segment == first
             and cursor.offset is not None
-            and self._frame_at(first, cursor.offset, self._cursor_seq) is not None
+            and frame_at(self.dir, first, cursor.offset, self._cursor_seq) is not None
         ):
             offset = cursor.offset
         self._reader = SpoolReader(self.dir, self.stats, self._cursor_seq, first, offset)
@@ -224,19 +211,18 @@ class Spool:
 
     def close_sync(self) -> None:
         self._write_io.shutdown(wait=True)
-        self._spare_io.shutdown(wait=True, cancel_futures=True)
-        for fd in (self._active_fd, self._lock_fd):
-            if fd >= 0:
-                os.close(fd)
-        self._active_fd = self._lock_fd = -1
+        self._writer.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     # --- appending ------------------------------------------------------------------------
 
     async def append(self, payloads: list[bytes]) -> range:
         """Store `payloads` as consecutive frames; their seqs once durable. All or nothing:
         SpoolFull or SpoolError means none of them was stored."""
-        if self._broken:
-            raise SpoolError(f"spool is not writable: {self._broken}")
+        if self._writer.broken:
+            raise SpoolError(f"spool is not writable: {self._writer.broken}")
         if self._closing:
             raise SpoolError("spool is closing")
         size = fmt.FRAME_HEADER_SIZE * len(payloads)
@@ -266,11 +252,12 @@ class Spool:
             payloads = [p for batch, _ in group for p in batch]
             first = self._next_seq
             try:
-                if self._sync_ewma_s <= INLINE_SYNC_BUDGET_S:  # cheaper than a thread hop
-                    offset = self._write(first, payloads)
+                writer = self._writer
+                if writer.sync_ewma_s <= INLINE_SYNC_BUDGET_S:  # cheaper than a thread hop
+                    offset = writer.write(first, payloads)
                 else:  # a slow disk must not stall the event loop
                     offset = await loop.run_in_executor(
-                        self._write_io, self._write, first, payloads
+                        self._write_io, writer.write, first, payloads
                     )
             except OSError as exc:
                 self._fail_group(group, exc)
@@ -308,79 +295,11 @@ class Spool:
             if not future.done():
                 future.set_exception(error)
 
-    def _write(self, first_seq: int, payloads: list[bytes]) -> int:
-        """Roll if due, write the frames, sync; the new end offset. On failure the segment
-        is cut back to its previous end and the error re-raised."""
-        with self._fd_lock:
-            return self._write_locked(first_seq, payloads)
-
-    def _write_locked(self, first_seq: int, payloads: list[bytes]) -> int:
-        active = self._segments[-1]
-        if active.size >= self.config.segment_bytes:
-            self._roll(first_seq)
-            active = self._segments[-1]
-        data = fmt.encode_frames(first_seq, payloads)
-        start = active.size
-        try:
-            write_all(self._active_fd, data, start)
-            if self.config.fsync == "always":
-                self._fdatasync()
-            else:
-                self._unsynced = True
-        except OSError as exc:
-            self._cut_back(start, exc)
-            raise
-        end = start + len(data)
-        half_full = end > self.config.segment_bytes // 2
-        if half_full and self.config.preallocate and not self._spare_wanted:
-            self._spare_wanted = True
-            self._spare_io.submit(
-                prepare_spare, self.dir, self.config.segment_bytes, self.space.reserve
-            )
-        return end
-
-    def _cut_back(self, offset: int, cause: OSError) -> None:
-        try:
-            os.ftruncate(self._active_fd, offset)
-            os.fdatasync(self._active_fd)
-        except OSError as exc:
-            self._broken = f"cannot cut back a failed write ({exc}) after: {cause}"
-            log.critical("spool broken: %s", self._broken)
-
-    def _fdatasync(self) -> None:
-        started = time.perf_counter()
-        os.fdatasync(self._active_fd)
-        took = time.perf_counter() - started
-        self._sync_ewma_s += (took - self._sync_ewma_s) * 0.2
-        self.stats.fsyncs += 1
-        self.observer.fsynced(took)
-
     async def _sync_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.config.fsync_interval_ms / 1000)
-            await loop.run_in_executor(self._write_io, self._sync_if_dirty)
-
-    def _sync_if_dirty(self) -> None:
-        with self._fd_lock:
-            if self._unsynced:
-                self._unsynced = False
-                self._fdatasync()
-
-    def _roll(self, first_seq: int) -> None:
-        """Seal the active segment (synced, cut to its last frame), then start a new one
-        at `first_seq`, from the spare when one is ready; durable (file and directory)
-        before use."""
-        if self._active_fd >= 0:
-            self._sync_if_dirty()
-            seal_segment(self._active_fd, self._segments[-1].size)
-        path, fd = create_segment(self.dir, first_seq)
-        self._spare_wanted = False
-        if self._active_fd >= 0:
-            os.close(self._active_fd)
-        self._active_fd = fd
-        self._segments.append(Segment(first_seq, path, fmt.SEGMENT_HEADER_SIZE))
-        self._durable_offset = fmt.SEGMENT_HEADER_SIZE
+            await loop.run_in_executor(self._write_io, self._writer.sync_if_dirty)
 
     # --- reading and acknowledging --------------------------------------------------------
 
@@ -449,7 +368,7 @@ class Spool:
 
     def _persist_cursor(self) -> None:
         """Sync the data the cursor depends on, save it, then delete consumed segments."""
-        self._sync_if_dirty()
+        self._writer.sync_if_dirty()
         self._drop_consumed(self._save_cursor())
 
     def _save_cursor(self) -> int:
@@ -462,17 +381,6 @@ class Spool:
         self._saved_cursor_seq = seq
         return seq
 
-    def _load_cursor(self) -> fmt.Cursor:
-        path = fmt.cursor_path(self.dir)
-        try:
-            return fmt.decode_cursor(path.read_bytes())
-        except FileNotFoundError:
-            return fmt.Cursor(secrets.token_hex(8), FIRST_SEQ)
-        except ValueError as exc:
-            raise SpoolFormatError(
-                str(path), f"unreadable cursor: {exc}", "written by a newer usage-agent?"
-            ) from exc
-
     def _drop_consumed(self, cursor_seq: int) -> None:
         """Delete sealed segments whose every frame is below the durable cursor."""
         dropped = False
@@ -484,38 +392,13 @@ class Spool:
         if dropped:
             fsync_dir(self.dir)
 
-    # --- recovery -------------------------------------------------------------------------
-
-    def _open_active(self) -> None:
-        active = self._segments[-1]
-        self._active_fd = open_private(active.path, os.O_RDWR)
-        self._durable_offset = active.size
-
-    def _frame_at(self, segment: int, offset: int, seq: int) -> bytes | None:
-        """The payload of the frame `seq` if it starts at `offset` of `segment`, else None
-        (checks a position hint, so that a wrong hint costs a scan, never a quarantine)."""
-        if offset < fmt.SEGMENT_HEADER_SIZE:
-            return None
-        try:
-            with open(fmt.segment_path(self.dir, segment), "rb") as handle:
-                handle.seek(offset)
-                head = handle.read(fmt.FRAME_HEADER_SIZE)
-                if len(head) < fmt.FRAME_HEADER_SIZE:
-                    return None
-                length = fmt.FRAME_HEADER.unpack(head)[2]
-                data = head + handle.read(min(length, fmt.MAX_PAYLOAD_BYTES))
-            frame = fmt.decode_frame(data, 0)
-        except (OSError, fmt.CorruptFrame):
-            return None
-        return frame.payload if frame is not None and frame.seq == seq else None
-
     def head(self) -> bytes | None:
         """The payload of the oldest unacknowledged entry, when its place is known (one
         small read; None when the backlog is empty or the place is not known)."""
         seq, segment, offset = self._cursor_hint
         if self.backlog == 0 or seq != self._cursor_seq:
             return None
-        return self._frame_at(segment, offset, seq)
+        return frame_at(self.dir, segment, offset, seq)
 
     def _segment_of(self, seq: int) -> int:
         firsts = [s.first_seq for s in self._segments]
@@ -566,7 +449,7 @@ class Spool:
     @property
     def writable(self) -> str:
         """Empty when appends can succeed, otherwise why not."""
-        return self._broken or ("closing" if self._closing else "")
+        return self._writer.broken or ("closing" if self._closing else "")
 
     def record_ids(self, seqs: range) -> list[str]:
         """The agent's ids of these records (`agent.records` says what ids are)."""

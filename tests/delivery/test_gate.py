@@ -49,19 +49,28 @@ def test_failures_in_a_row_open_the_circuit_and_a_success_closes_it():
     assert not gate.circuit_open
 
 
-def test_every_failure_makes_every_sender_wait_longer_up_to_the_cap():
+def test_failures_in_a_row_make_every_sender_wait_longer_up_to_the_cap():
     clock = Clock()
     gate = Gate(8, NO_JITTER, clock=clock)
     waits = []
     for _ in range(12):
         gate.failed(gate.ticket, overload=False)
         waits.append(gate.paused_for())
-        clock.now = gate.paused_until
-    assert waits[:4] == [0.5, 1.0, 2.0, 4.0]
+        clock.now = max(clock.now, gate.paused_until)
+    assert waits[:5] == [0.0, 0.5, 1.0, 2.0, 4.0]  # a lone failure pauses nobody
     assert waits[-1] == 60.0  # retry.max_backoff_s
     gate.succeeded()
     gate.failed(gate.ticket, overload=False)
-    assert gate.paused_for() == 0.5  # a success starts the count again
+    assert gate.paused_for() == 0.0  # a success starts the count again
+
+
+def test_a_lone_failure_among_successes_pauses_nobody():
+    gate = Gate(8, NO_JITTER)
+    for _ in range(100):
+        gate.succeeded()
+        gate.failed(gate.ticket, overload=False)  # a 1-in-2 error rate, never two in a row
+        assert gate.paused_for() == 0.0
+    assert gate.backoff_s(3) == 2.0  # what a record that failed 3 times waits on its own
 
 
 def test_sends_that_fail_together_count_as_one_failure():
@@ -71,6 +80,8 @@ def test_sends_that_fail_together_count_as_one_failure():
     for ticket in tickets:
         gate.failed(ticket, overload=False)
     assert gate.failures_in_a_row == 1
+    gate.failed(gate.ticket, overload=False)  # a send of the next round fails too
+    assert gate.failures_in_a_row == 2
     assert gate.paused_for() == 0.5
 
 
@@ -79,13 +90,14 @@ def test_with_jitter_the_wait_is_never_over_the_exponential_bound():
     gate = Gate(8, RetryConfig(initial_backoff_s=0.5, max_backoff_s=8), clock=clock)
     for failure in range(1, 10):
         gate.failed(gate.ticket, overload=False)
-        assert 0 <= gate.paused_for() <= min(8, 0.5 * 2 ** (failure - 1))
-        clock.now = gate.paused_until
+        assert 0 <= gate.paused_for() <= min(8, 0.5 * 2 ** (failure - 2))
+        clock.now = max(clock.now, gate.paused_until)
 
 
 def test_a_config_problem_degrades_until_a_success_and_backs_off():
     gate = Gate(8, NO_JITTER)
-    gate.record(Decision(Action.RETRY, Health.MISCONFIGURED, reason="bad"), gate.ticket)
+    for _ in range(2):
+        gate.record(Decision(Action.RETRY, Health.MISCONFIGURED, reason="bad"), gate.ticket)
     assert gate.degraded == "bad" and gate.capacity == 1
     assert gate.paused_for() > 0
     gate.record(Decision(Action.DONE, Health.HEALTHY), gate.ticket)

@@ -44,3 +44,25 @@ async def test_reconcile_reports_a_deleted_and_a_doubled_record(
 
     narrow = ["--since", "2026-11-25T10:00:10Z", "--until", "2026-11-25T10:00:20Z"]
     assert await asyncio.to_thread(main, args + narrow) == 0  # both lie outside this window
+
+
+async def test_a_torn_line_in_the_deliveries_file_is_skipped_and_named(
+    start_agent: AgentFactory, paigo: FakePaigo, tmp_path: Path, capsys
+):
+    sections = delivering(paigo)
+    agent = await start_agent(**sections)
+    batch = [record(n, timestamp=f"2026-11-25T10:00:{n:02d}Z") for n in range(10)]
+    assert (await agent.post(batch))[0] == 202
+    spool_dir = agent.service.spool.dir
+    await eventually(lambda: len(ledger.read_deliveries(spool_dir).lines) == 10, what="ledger")
+    deliveries = spool_dir / ledger.DELIVERED
+    lines = deliveries.read_bytes().splitlines(keepends=True)
+    deliveries.write_bytes(b"".join(lines[:3]) + lines[3][:20] + b"\n" + b"".join(lines[4:]))
+
+    config = tmp_path / "reconcile.toml"
+    write_config(config, {"spool": {"dir": str(spool_dir)}, **sections})
+    window = ["--since", "2026-11-25T09:00:00Z", "--until", "2026-11-25T11:00:00Z"]
+    assert await asyncio.to_thread(main, ["reconcile", "--config", str(config), *window]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped a torn line of the deliveries file: {deliveries}:4" in out
+    assert "checked 9 delivered records" in out  # the other nine, all at Paigo: clean

@@ -244,3 +244,21 @@ async def test_sends_that_all_fail_with_503_back_off_together(rig: Callable[...,
     # 0.2 + 0.4 + 0.8: about four rounds in 2 s, each at most the (halving) pace
     assert len(built.upstream.posts) <= 4 + 2 + 1 + 1 + 1
     assert built.spool.backlog == 500
+
+
+async def test_a_record_the_upstream_keeps_failing_waits_its_own_backoff_while_others_flow(
+    rig: Callable[..., Any],
+):
+    def one_bad_customer(records: list[dict[str, Any]], token: str) -> Reply:
+        return Reply(503) if records[0]["customerId"] == "bad" else Reply(201)
+
+    retry = RetryConfig(initial_backoff_s=0.2, max_backoff_s=5, jitter=False)
+    built: Rig = await rig(one_bad_customer, retry=retry, delivery="at-least-once")
+    await built.post([record(1, customerId="bad")])
+    for n in range(20):
+        await built.post([record(n)])
+        await asyncio.sleep(0.1)
+    await eventually(lambda: built.spool.backlog == 1, what="the others")
+    bad = [p for p in built.upstream.posts if p.records[0]["customerId"] == "bad"]
+    assert 3 <= len(bad) <= 6  # 0.2 + 0.4 + 0.8 + 1.6 s of its own backoff in about 2 s
+    assert not built.sender.status().degraded
