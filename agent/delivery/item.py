@@ -25,6 +25,7 @@ class Item:
     body: bytes  # the JSON sent upstream for this record
     attempts: int = 0
     failures: int = 0  # sends in a row that did not settle it: its own backoff grows
+    held: bool = False  # a worker has it (between take and leave or put-back)
     unknown_since: float | None = None  # effectively-once: its last outcome is unknown
     marked: bool = False  # effectively-once: noted in the ledger as possibly sent
 

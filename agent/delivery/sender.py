@@ -1,7 +1,7 @@
 """The delivery loop: records from the spool to the upstream, and out through one exit.
 
-* A reader task takes entries from the spool into lanes (`agent.delivery.lanes`), holding
-  at most `window` records that can be sent; the records of a held lane do not count.
+* The intake (`agent.delivery.intake`) takes entries from the spool into lanes
+  (`agent.delivery.lanes`), holding at most `window` records that can be sent.
 * `upstream.concurrency` workers each take a batch from the lanes (one record in
   `"single"` mode; unordered records up to the batch limits in `"array"` mode), pass the
   gate (`agent.delivery.gate`: shared backoff, pause, circuit, pace), send, and carry out
@@ -22,48 +22,33 @@ not acknowledged stays in the spool for the next start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Final, Protocol
+from collections.abc import Callable
+from typing import Final
 
 from agent.config import RetryConfig, UpstreamConfig
 from agent.delivery.auth import TokenError, Tokens
 from agent.delivery.exits import Exits, Reason
 from agent.delivery.gate import Gate
-from agent.delivery.item import Item, make_item
+from agent.delivery.intake import IDLE_POLL_S, Intake, SpoolOut, wait_for
+from agent.delivery.item import Item
 from agent.delivery.lanes import Lane, Lanes
 from agent.delivery.ledger import Ledger
 from agent.delivery.policy import Action, Decision, Health, decide
 from agent.delivery.recheck import Resolver
 from agent.delivery.status import DeliveryStatus, LastResult
 from agent.delivery.uplink import Reply, Upstream
-from agent.spool.reader import Entry
+from agent.errors import SpoolError
+from agent.logs import Throttled
 
 log = logging.getLogger(__name__)
 
 WRONG_URL_PAIRS: Final = 3  # distinct pairs answered 404 in a row: the URL is wrong
-IDLE_POLL_S: Final = 0.05
-READ_BATCH: Final = 1000  # records per spool read: about a millisecond of the event loop
+
 CANCEL_DEADLINE_S: Final = 2.0  # cancelled tasks that do not end by then are reported
 
 Taken = list[tuple[Lane[Item], Item]]
-
-
-class SpoolOut(Protocol):
-    """What the sender needs of the spool."""
-
-    spool_id: str
-
-    @property
-    def saved_cursor(self) -> int: ...
-
-    async def read(self, max_records: int) -> list[Entry]: ...
-
-    async def wait_for_data(self, timeout: float) -> None: ...
-
-    def ack(self, seqs: Sequence[int]) -> None: ...
 
 
 class Sender:
@@ -94,14 +79,23 @@ class Sender:
             else None
         )
         self._lanes: Lanes[Item] = Lanes()
-        self._ordered_dims = frozenset(upstream.ordered_dimensions)
-        self._window = max(4 * upstream.concurrency * self._batch_size, 1000)
-        self._room = asyncio.Event()
         self._work = asyncio.Event()
+        window = max(4 * upstream.concurrency * self._batch_size, 1000)
+        self._intake = Intake(
+            spool,
+            self._lanes,
+            exits,
+            self._resolver,
+            upstream,
+            window=window,
+            work=self._work,
+            clock=clock,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._not_found_pairs: set[tuple[str, str]] = set()
         self._last: LastResult | None = None
+        self._mark_failed = Throttled(log, "could not mark records in the ledger before sending")
         self.on_reply: Callable[[Reply, float], None] = lambda reply, seconds: None
 
     @property
@@ -112,7 +106,7 @@ class Sender:
 
     async def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._read_loop(), name="sender-reader"),
+            asyncio.create_task(self._intake.run(), name="sender-intake"),
             asyncio.create_task(self._housekeeping(), name="sender-ledger"),
         ]
         for number in range(self._config.concurrency):
@@ -122,8 +116,8 @@ class Sender:
         """No new send starts from now on; sends under way have `grace_s` to finish; then
         every task is cancelled and awaited. What is not acknowledged stays in the spool."""
         self._stopping = True
+        self._intake.stop()
         self._work.set()
-        self._room.set()
         await self.gate.wake_all()
         deadline = self._clock() + grace_s
         while self.gate.in_flight and self._clock() < deadline:
@@ -147,42 +141,6 @@ class Sender:
             await self._ledger.flush()
             self._ledger.forget_through(self._spool.saved_cursor)
 
-    # --- reading from the spool -----------------------------------------------------------
-
-    async def _read_loop(self) -> None:
-        while not self._stopping:
-            now = self._clock()
-            self._lanes.release_held(now)
-            room = self._window - (self._lanes.buffered - self._lanes.held_items(now))
-            if room <= 0:
-                self._room.clear()
-                await _wait(self._room, 1.0)
-                continue
-            entries = await self._spool.read(min(room, READ_BATCH))
-            if not entries:
-                await self._spool.wait_for_data(IDLE_POLL_S)
-                continue
-            await asyncio.sleep(0)  # reads do not suspend: let ingest and sends run between
-            for entry in entries:
-                await self._admit(entry, now)
-            self._work.set()
-
-    async def _admit(self, entry: Entry, now: float) -> None:
-        try:
-            key, item = make_item(
-                entry.seq,
-                entry.payload,
-                self._spool.spool_id,
-                self._config.id_key,
-                self._ordered_dims,
-            )
-        except (ValueError, KeyError, TypeError) as exc:  # not a record we can send
-            await self._exits.unreadable(entry.seq, entry.payload, exc)  # else: kept, read
-            return  # again after a restart
-        if self._resolver is not None and self._resolver.starts_unknown(entry.seq):
-            item.unknown_since, item.marked = now, True
-        self._lanes.add(key, item, now)
-
     # --- sending --------------------------------------------------------------------------
 
     async def _work_loop(self) -> None:
@@ -190,18 +148,19 @@ class Sender:
             taken = self._take()
             if not taken:
                 self._work.clear()
-                await _wait(self._work, IDLE_POLL_S * 4)
+                await wait_for(self._work, IDLE_POLL_S * 4)
                 continue
+            batch = await self._linger(taken)
+            for _, item in batch:
+                item.held = True
             try:
-                await self._deliver(await self._linger(taken))
+                await self._deliver(batch)
             except Exception:  # a bug or an unforeseen error must not stop delivery
-                log.exception(
-                    "delivery of %d record(s) failed; they will be sent again", len(taken)
-                )
-                self._put_back(taken)
+                log.exception("delivery of %d record(s) failed; they go back", len(batch))
+                self._put_back([pair for pair in batch if pair[1].held])
                 await asyncio.sleep(1.0)
             finally:
-                self._room.set()
+                self._intake.room.set()
                 self._work.set()
 
     def _take(self) -> Taken:
@@ -251,7 +210,13 @@ class Sender:
                 batch = await self._resolve_unknown(self._resolver, batch, token, ticket)
                 if not batch:
                     return
-                await self._resolver.mark([item for _, item in batch])
+                try:
+                    await self._resolver.mark([item for _, item in batch])
+                except SpoolError as exc:  # no mark, no send: a full disk waits for room
+                    self._mark_failed.error("%s; the records wait in the spool", exc)
+                    self.gate.failed(ticket, overload=False)
+                    self._retry_later(batch)
+                    return
             await self._send(batch, token, ticket, token_refreshed=False)
         finally:
             await self.gate.release()
@@ -384,7 +349,8 @@ class Sender:
         if not await self._exits.leave([item for _, item in batch], reason, reply):
             return False
         now = self._clock()
-        for lane, _ in batch:
+        for lane, item in batch:
+            item.held = False
             self._lanes.done(lane, now)
         return True
 
@@ -403,6 +369,7 @@ class Sender:
         again (not before `until`)."""
         now = self._clock()
         for lane, item in reversed(batch):
+            item.held = False
             self._lanes.put_back(lane, item, now, until=until, parked=parked)
         self._work.set()
 
@@ -426,12 +393,3 @@ class Sender:
             deliveries_not_recorded=self._ledger.not_recorded,
             last_result=self._last,
         )
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    """Wait for `event` at most `timeout` seconds. (asyncio.timeout, not wait_for: on
-    Python 3.11 wait_for can swallow a cancellation that arrives as the event is set,
-    and a worker that swallows its cancellation never ends.)"""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout):
-            await event.wait()
