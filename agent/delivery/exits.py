@@ -1,7 +1,8 @@
 """The one way a record leaves the agent's care: `Exits.leave(items, reason)`.
 
-A record is acknowledged in the spool (and so, in time, deleted from disk) only here, and
-only for one of four reasons:
+A record is acknowledged in the spool (and so, in time, deleted from disk) only in
+`leave`, and only for one of four reasons (`dead_letter` and `unreadable` write the
+letter first, then leave through it):
 
 | reason          | what happened                                       | written first        |
 |-----------------|-----------------------------------------------------|----------------------|
@@ -10,8 +11,8 @@ only for one of four reasons:
 | `dead_lettered` | the upstream refused it for good (400, 422, 413)    | dead letter, fsynced |
 | `unreadable`    | a spool entry that is not a record this agent reads | dead letter, fsynced |
 
-A dead letter that cannot be written keeps its record unacknowledged (`leave` returns
-False): it is tried again, never lost. The counts by reason are the
+A dead letter that cannot be written keeps its record unacknowledged (`dead_letter`
+returns False): it is tried again, never lost. The counts by reason are the
 `usage_agent_records_left_total` metric and `/status`.
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -56,28 +56,25 @@ class Exits:
         self._ledger = ledger
         self._dead = dead_letters
         self._id_key = id_key
-        self.counts: Counter[Reason] = Counter()
+        self.counts: dict[Reason, int] = dict.fromkeys(Reason, 0)
         self._dead_letter_failed = Throttled(log, "could not write the dead-letter file")
 
-    async def leave(
-        self, items: Sequence[Item], reason: Reason, reply: Reply | None = None
-    ) -> bool:
-        """Take `items` out of the agent's care for `reason` (`reply`: the refusal, for
-        dead letters). False when what must be written first could not be: the items stay."""
-        if not items:
-            return True
-        if reason is Reason.DEAD_LETTERED:
-            assert reply is not None
-            letters = [_letter(item, reply) for item in items]
-            if not await self._write_dead_letters(letters):
-                return False
-            log.error(
-                "upstream refused %d record(s) with %d: dead-lettered", len(items), reply.status
-            )
-        elif self._id_key:  # without a stable id upstream there is nothing to reconcile by
+    def leave(self, items: Sequence[Item], reason: Reason) -> None:
+        """Take `items` out of the agent's care for `reason`: delivered and found records
+        are noted for the deliveries file; all are acknowledged and counted."""
+        # without a stable id upstream there is nothing to reconcile by
+        if self._id_key and (reason is Reason.DELIVERED or reason is Reason.FOUND):
             self._ledger.note([(item.id, item.fields) for item in items])
         self._spool.ack([item.seq for item in items])
         self.counts[reason] += len(items)
+
+    async def dead_letter(self, items: Sequence[Item], reply: Reply) -> bool:
+        """Write `items` to the dead-letter file (durably), then let them leave. False
+        when the letters could not be written: the items stay."""
+        if not await self._write_dead_letters([_letter(item, reply) for item in items]):
+            return False
+        log.error("upstream refused %d record(s) with %d: dead-lettered", len(items), reply.status)
+        self.leave(items, Reason.DEAD_LETTERED)
         return True
 
     async def unreadable(self, seq: int, payload: bytes, error: Exception) -> bool:

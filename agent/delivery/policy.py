@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
 from agent.delivery.uplink import Outcome, Reply
 
@@ -61,12 +62,15 @@ class Decision:
     reason: str = ""  # for MISCONFIGURED: what to fix
 
 
+DELIVERED: Final = Decision(Action.DONE, Health.HEALTHY)  # the usual answer, made once
+
+
 def decide(reply: Reply, *, records: int, token_refreshed: bool, check_unknown: bool) -> Decision:
     """What to do with `records` records that got `reply`. `token_refreshed`: this send
     already used a token fetched after a 401/403. `check_unknown`: effectively-once mode."""
+    if 200 <= reply.status < 300:
+        return DELIVERED
     outcome = reply.outcome
-    if outcome is Outcome.DELIVERED:
-        return Decision(Action.DONE, Health.HEALTHY)
     failure = Health.OVERLOADED if reply.status else Health.FAILING
     if check_unknown and reply.outcome_unknown:
         return Decision(Action.CHECK, failure)

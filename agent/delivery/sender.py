@@ -239,7 +239,7 @@ class Sender:
             self._tokens.invalidate(token)
         if check.found:
             gone = set(check.found)
-            await self._leave([batch[i] for i in check.found], Reason.FOUND)
+            self._leave([batch[i] for i in check.found], Reason.FOUND)
             batch = [pair for index, pair in enumerate(batch) if index not in gone]
         if not check.complete:
             self.gate.failed(ticket, overload=False)
@@ -295,9 +295,11 @@ class Sender:
         self.gate.record(decision, ticket)
         if action is Action.DONE:
             self._not_found_pairs.clear()
-            await self._leave(batch, Reason.DELIVERED)
+            self._leave(batch, Reason.DELIVERED)
         elif action is Action.DEAD_LETTER:
-            if not await self._leave(batch, Reason.DEAD_LETTERED, reply):
+            if await self._exits.dead_letter([item for _, item in batch], reply):
+                self._done(batch)
+            else:
                 self._put_back(batch, until=self._clock() + self._retry.max_backoff_s)
         elif action is Action.SPLIT:
             half = len(batch) // 2  # find the records at fault: halves, down to one
@@ -345,14 +347,16 @@ class Sender:
 
     # --- carrying out ---------------------------------------------------------------------
 
-    async def _leave(self, batch: Taken, reason: Reason, reply: Reply | None = None) -> bool:
-        if not await self._exits.leave([item for _, item in batch], reason, reply):
-            return False
+    def _leave(self, batch: Taken, reason: Reason) -> None:
+        self._exits.leave([item for _, item in batch], reason)
+        self._done(batch)
+
+    def _done(self, batch: Taken) -> None:
+        """The records have left: their lanes let the next ones go."""
         now = self._clock()
         for lane, item in batch:
             item.held = False
             self._lanes.done(lane, now)
-        return True
 
     def _retry_later(self, batch: Taken) -> None:
         """A send that failed: its records wait out their own backoff, growing with their

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from agent.delivery.exits import Reason
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: one is made per send, and a frozen init costs twice
 class LastResult:
     status: int
     error: str
@@ -49,5 +49,5 @@ class DeliveryStatus:
             "unknown_outcomes": self.unknown_outcomes,
             "duplicates_prevented": self.duplicates_prevented,
             "deliveries_not_recorded": self.deliveries_not_recorded,
-            "last_result": None if self.last_result is None else vars(self.last_result),
+            "last_result": None if self.last_result is None else asdict(self.last_result),
         }

@@ -13,7 +13,9 @@ Two bounds, both checked before anything is written:
   the cursor need to drain a full spool until its first segment can be deleted.
 
 Free space is read with statvfs at most every `FREE_SPACE_TTL_S` and debited by what is
-appended in between. The first refusal is logged, then once a minute with a count.
+appended in between; the bytes counted with the segments (side spools, the deliveries
+file, which grow slowly) are read as often, so an append costs no more than before they
+were counted. The first refusal is logged, then once a minute with a count.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Space:
         self._others: list[Callable[[], int]] = []
         self._clock = clock
         self._free = 0
+        self._others_bytes = 0  # what `count_also` reports, as of the last check
         self._checked_at = -1.0
         self._refused = Throttled(log, "usage refused, the spool is full")
         self._refused_size = 0  # the last append refused, until one of its size would fit
@@ -98,13 +101,14 @@ class Space:
         return why
 
     def _refusal(self, size: int, pending: int) -> str:
-        if self.bytes_used + pending + size > self.max_bytes:
-            return f"spool full: spool.max_bytes ({self.max_bytes}) would be exceeded"
         now = self._clock()
         if now - self._checked_at > FREE_SPACE_TTL_S:
             st = os.statvfs(self.dir)
             self._free = st.f_bavail * st.f_frsize - pending
+            self._others_bytes = sum(other() for other in self._others)
             self._checked_at = now
+        if self._used() + self._others_bytes + pending + size > self.max_bytes:
+            return f"spool full: spool.max_bytes ({self.max_bytes}) would be exceeded"
         if self._free - size < self.reserve:
             return (
                 f"disk full: free space on {self.dir} would fall under spool.min_free_bytes "
