@@ -56,6 +56,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     shown = dataclasses.asdict(cfg)
     shown["upstream"]["client_secret"] = "(set)" if cfg.upstream.client_secret else "(not set)"
+    shown["ingest"]["token"] = "(set)" if cfg.ingest.token else "(not set)"
     print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
     return 0
 

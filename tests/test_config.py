@@ -87,10 +87,14 @@ def test_check_config_never_prints_the_secret(tmp_path: Path, capsys):
     from agent.cli import main
 
     config_file = tmp_path / "agent.toml"
-    config_file.write_text('[upstream]\nclient_secret = "hunter2"\n')
+    token_file = tmp_path / "token"
+    token_file.write_text("ingest-s3cret\n")
+    config_file.write_text(
+        f'[upstream]\nclient_secret = "hunter2"\n[ingest]\ntoken_file = "{token_file}"\n'
+    )
     assert main(["check-config", "--config", str(config_file)]) == 0
     out = capsys.readouterr().out
-    assert "hunter2" not in out and "(set)" in out
+    assert "hunter2" not in out and "ingest-s3cret" not in out and "(set)" in out
 
 
 @pytest.mark.parametrize(
