@@ -12,10 +12,9 @@ The byte layout is in `agent.spool.format`. This module is the behaviour:
   than the sync), in a thread of their own once they are slow.
 * **The active segment** (`agent.spool.writer`): written, synced, cut back on failure,
   rolled to a zero-filled spare when full.
-* **Limits** (`agent.spool.space`): an append that would take what the agent keeps past
-  `max_bytes`, or the filesystem's free space under `min_free_bytes`, raises `SpoolFull`
-  and stores nothing. ENOSPC from the filesystem does the same: the segment is cut back to
-  where it was. A cursor that cannot be saved (a full disk) keeps the last one saved.
+* **Limits** (`agent.spool.space`): an append past `max_bytes` or the free-space reserve,
+  or one that meets ENOSPC (cut back), raises `SpoolFull` and stores nothing. A cursor
+  that cannot be saved (a full disk) keeps the last one saved.
 * **Read** (`read`): entries are handed out once each, in sequence order, and only when
   they are acknowledged to their appender (durable). Damaged frames found on the way are
   copied to `quarantine/`, their sequence numbers are counted as lost and skipped.
@@ -60,7 +59,7 @@ from agent.spool.recovery import (
     recover_tail,
 )
 from agent.spool.space import Space, reserve_for
-from agent.spool.writer import SegmentWriter, SpoolObserver
+from agent.spool.writer import NoObserver, SegmentWriter, SpoolObserver
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +93,6 @@ class SpoolStatus:
         return dict(vars(self))
 
 
-class _NoObserver:
-    def fsynced(self, seconds: float) -> None:
-        pass
-
-    def committed(self, records: int) -> None:
-        pass
-
-
 class Spool:
     """The spool of one directory. `open()` before use, `close()` after."""
 
@@ -117,7 +108,7 @@ class Spool:
         says (the usage spool keeps `space.DRAIN_RESERVE` for the writes that drain it)."""
         self.config = config
         self._drain_reserve = drain_reserve
-        self.observer: SpoolObserver = observer or _NoObserver()
+        self.observer: SpoolObserver = observer or NoObserver()
         self.dir = Path(config.dir)
         self.stats = SpoolStats()
         self.spool_id = ""

@@ -45,6 +45,14 @@ class SpoolObserver(Protocol):
     def committed(self, records: int) -> None: ...
 
 
+class NoObserver:
+    def fsynced(self, seconds: float) -> None:
+        pass
+
+    def committed(self, records: int) -> None:
+        pass
+
+
 class SegmentWriter:
     def __init__(
         self,
