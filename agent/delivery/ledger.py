@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import aiofiles
+import aiofiles.os
 import orjson
 
 from agent.config import MiB, SpoolConfig
-from agent.fsio import open_private
+from agent.fsio import open_private, write_all_appending
 from agent.logs import Throttled
 from agent.spool.side import side_spool
 
@@ -138,9 +138,9 @@ class Ledger:
         data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
         path = self.dir / DELIVERED
         async with self._delivered_lock:
-            async with aiofiles.open(path, "ab", opener=_private) as handle:
-                await handle.write(data)
-                size = await handle.tell()
+            # one call in a thread opens, writes and closes: a cancelled flush (at stop)
+            # cannot leave the file open
+            size = await aiofiles.os.wrap(_append_lines)(path, data)
             self._deliveries_bytes += len(data)
             if size > self._max_bytes // 2:
                 old = self.dir / DELIVERED_OLD
@@ -156,8 +156,14 @@ class Ledger:
             log.warning("the disk is full: deleted %s to make room for usage", old)
 
 
-def _private(path: str, flags: int) -> int:
-    return open_private(Path(path), flags)
+def _append_lines(path: Path, data: bytes) -> int:
+    """Append `data` to `path` (no fsync: see the module's docstring); the file's size."""
+    fd = open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        write_all_appending(fd, data)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
 
 
 @dataclass
