@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+import orjson
+
 FILE_MODE: Final = 0o640
 
 
@@ -70,12 +72,16 @@ def truncate_durably(path: Path, size: int) -> None:
         os.close(fd)
 
 
-def complete_lines(path: Path) -> Iterator[bytes]:
-    """The lines of an append-only file that were written whole: a last line without its
-    newline (a write cut by a crash) is skipped. Nothing if the file does not exist."""
+def json_lines(path: Path) -> Iterator[tuple[int, dict[str, object] | None]]:
+    """Each line of an append-only JSON-lines file, numbered from 1, as its object, or None
+    when it was not written whole (a write cut by a crash or a full disk: no newline, or
+    not a JSON object). Nothing if the file does not exist."""
     if not path.exists():
         return
     with path.open("rb") as handle:
-        for line in handle:
-            if line.endswith(b"\n"):
-                yield line
+        for number, line in enumerate(handle, start=1):
+            try:
+                value = orjson.loads(line) if line.endswith(b"\n") else None
+            except orjson.JSONDecodeError:
+                value = None
+            yield number, value if isinstance(value, dict) else None

@@ -36,7 +36,7 @@ from typing import Final
 import aiofiles.os
 import orjson
 
-from agent.fsio import complete_lines, fsync_dir, open_private, write_all_appending
+from agent.fsio import fsync_dir, json_lines, open_private, write_all_appending
 
 MAX_BODY_CHARS: Final = 4096
 FILE_NAME: Final = "deadletter.jsonl"
@@ -98,11 +98,9 @@ def _append_locked(path: Path, data: bytes) -> None:
 
 def read(path: Path) -> Iterator[dict[str, object]]:
     """Every dead letter in the file (a torn line, from a crash, is skipped)."""
-    for line in complete_lines(path):
-        try:
-            yield orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
+    for _, letter in json_lines(path):
+        if letter is not None:
+            yield letter
 
 
 def purge(path: Path) -> int:

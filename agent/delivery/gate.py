@@ -119,13 +119,10 @@ class Gate:
 
     async def release(self) -> None:
         self.in_flight -= 1
-        await self._wake()
+        await self.wake_all()
 
     async def wake_all(self) -> None:
-        """Let every waiting sender look again (at stop, or when the capacity grew)."""
-        await self._wake()
-
-    async def _wake(self) -> None:
+        """Let every waiting sender look again (after a release, at stop)."""
         if self._waiting:
             async with self._changed:
                 self._changed.notify_all()

@@ -36,7 +36,7 @@ import aiofiles.os
 import orjson
 
 from agent.config import MiB, SpoolConfig
-from agent.fsio import open_private, write_all_appending
+from agent.fsio import json_lines, open_private, write_all_appending
 from agent.logs import Throttled
 from agent.spool.side import side_spool
 
@@ -180,16 +180,9 @@ def read_deliveries(spool_dir: str | Path) -> Deliveries:
     found = Deliveries([], [])
     for name in (DELIVERED_OLD, DELIVERED):
         path = Path(spool_dir) / name
-        if not path.exists():
-            continue
-        with path.open("rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                try:
-                    entry = orjson.loads(line)
-                    if not isinstance(entry, dict) or not line.endswith(b"\n"):
-                        raise ValueError
-                except (orjson.JSONDecodeError, ValueError):
-                    found.torn.append(f"{path}:{number}")
-                    continue
+        for number, entry in json_lines(path):
+            if entry is None:
+                found.torn.append(f"{path}:{number}")
+            else:
                 found.lines.append(entry)
     return found
