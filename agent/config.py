@@ -38,6 +38,7 @@ FSYNC_MODES: Final = ("always", "interval", "off")
 MiB: Final = 1024 * 1024
 DEFAULT_ID_KEY: Final = "usageAgentRecordId"
 DELIVERY_MODES: Final = ("effectively-once", "at-least-once")
+UNKNOWN_FIELDS: Final = ("refuse", "drop")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class IngestConfig:
     idempotency_window_s: int = 86_400
     idempotency_max_keys: int = 200_000
     retry_after_s: int = 5
+    max_metadata_bytes: int = 16384
+    unknown_fields: str = "refuse"  # or "drop", as Paigo does
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,8 @@ class UpstreamConfig:
     concurrency: int = 32
     request_timeout_s: float = 10.0
     gzip: bool = False
-    record_id_metadata_key: str = ""
+    record_id_metadata_key: str = DEFAULT_ID_KEY
+    stamp_records: bool = True
     ordered_dimensions: tuple[str, ...] = ()
     max_retry_after_s: float = 300.0
     park_retry_s: float = 60.0
@@ -97,11 +101,9 @@ class UpstreamConfig:
 
     @property
     def id_key(self) -> str:
-        """The metadata key that carries each record's stable id upstream ("" for none):
-        on by default with effectively-once delivery, which finds records by it."""
-        if self.record_id_metadata_key or self.delivery != "effectively-once":
-            return self.record_id_metadata_key
-        return DEFAULT_ID_KEY
+        """The metadata key that carries each record's stable id upstream ("" with
+        `stamp_records = false`)."""
+        return self.record_id_metadata_key if self.stamp_records else ""
 
     @property
     def read_base(self) -> str:
@@ -275,6 +277,7 @@ _POSITIVE: Final = (
     "ingest.idempotency_window_s",
     "ingest.idempotency_max_keys",
     "ingest.retry_after_s",
+    "ingest.max_metadata_bytes",
     "ingest.body_timeout_s",
     "ingest.keepalive_timeout_s",
     "upstream.batch_max_records",
@@ -329,6 +332,8 @@ def _check(config: Config) -> None:
         mode = -1
     if not 0 <= mode <= 0o777:
         raise ConfigError(src, "ingest.unix_socket_mode", 'must be an octal mode like "0660"')
+    if ingest.unknown_fields not in UNKNOWN_FIELDS:
+        raise ConfigError(src, "ingest.unknown_fields", 'must be "refuse" or "drop"')
     if config.log.level.upper() not in LOG_LEVELS:
         raise ConfigError(src, "log.level", f"must be one of {', '.join(LOG_LEVELS)}")
     _check_exposure(config)
@@ -384,6 +389,15 @@ def _check_upstream(config: Config) -> None:
     for key in ("url", "token_url"):
         if not getattr(up, key).startswith(("http://", "https://")):
             raise ConfigError(src, f"upstream.{key}", "must be an http:// or https:// URL")
+    if up.stamp_records and not up.record_id_metadata_key:
+        raise ConfigError(src, "upstream.record_id_metadata_key", "must not be empty")
+    if not up.stamp_records and up.delivery == "effectively-once":
+        raise ConfigError(
+            src,
+            "upstream.stamp_records",
+            "effectively-once delivery finds records at Paigo by their stamp: set it to true, "
+            'or upstream.delivery = "at-least-once"',
+        )
     if retry.multiplier < 1:
         raise ConfigError(src, "retry.multiplier", "must be at least 1")
 

@@ -46,7 +46,13 @@ from agent.errors import RecordInvalid, SpoolError, SpoolFull
 from agent.http_server import HttpError, Request, Response, Routes
 from agent.idempotency import Answer, IdempotencyStore, KeyReused, fingerprint, key_problem
 from agent.metrics import Metrics
-from agent.records import decode_envelope, encode_envelopes, validate_records
+from agent.records import (
+    DEFAULT_RULES,
+    Rules,
+    decode_envelope,
+    encode_envelopes,
+    validate_records,
+)
 from agent.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -65,7 +71,7 @@ class IngestState:
     keys: IdempotencyStore
     metrics: Metrics
     token: bytes | None = None
-    reserved_key: str | None = None  # the metadata key the agent fills with the record id
+    rules: Rules = DEFAULT_RULES  # the record checks as this deployment sets them
     started_at: float = field(default_factory=time.time)
     shutting_down: bool = False
     delivery_status: Callable[[], DeliveryStatus | None] = lambda: None
@@ -165,7 +171,7 @@ async def _remember(state: IngestState, key: str, answer: Answer | None, request
 
 async def _store(state: IngestState, objs: list[object], invoice: bool, key: str) -> Answer:
     try:
-        records = validate_records(objs, state.reserved_key)
+        records = validate_records(objs, state.rules)
     except RecordInvalid as exc:
         problems = [p.as_dict() for p in exc.problems[:MAX_PROBLEMS_SHOWN]]
         bad = len({p.index for p in exc.problems})
@@ -210,15 +216,12 @@ def _check_token(request: Request, state: IngestState) -> None:
 
 
 def _invoice_flag(request: Request) -> bool:
+    """Only `invoice=true` (any case) asks for invoicing; any other value is taken as
+    false and never forwarded (Paigo would read any value, `false` included, as true)."""
     if not request.query:
         return False
     values = urllib.parse.parse_qs(request.query, keep_blank_values=True).get("invoice")
-    value = values[0] if values else None
-    if value is None or value == "false":
-        return False
-    if value == "true":
-        return True
-    raise Refused(400, "bad_query", f"invoice must be true or false, not {value[:20]!r}")
+    return values is not None and values[0].lower() == "true"
 
 
 def _read_records(request: Request, config: IngestConfig) -> list[object]:
@@ -259,13 +262,27 @@ def _parse_json(body: bytes) -> list[object]:
 
 def _loads(raw: bytes) -> object:
     """The JSON value of `raw`, every integer exact: orjson reads an integer beyond 64 bits
-    as a float, so a body with a float recordValue (refused anyway, or such an integer) is
-    read again by the standard library, which keeps integers whole."""
-    value = orjson.loads(raw)
+    as a float (and one beyond about 309 digits as an error), so such a body is read again
+    by the standard library, which keeps integers whole (up to its 4,300 digits)."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "infinity" not in str(exc):
+            raise
+        return _exact_loads(raw)
     records = value if isinstance(value, list) else [value]
     if any(isinstance(r, dict) and type(r.get("recordValue")) is float for r in records):
-        value = json.loads(raw)
+        return _exact_loads(raw)
     return value
+
+
+def _exact_loads(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:  # an integer over the standard library's limit
+        raise orjson.JSONDecodeError(f"{exc}; send such a number as a string", "", 0) from None
 
 
 def _parse_ndjson(body: bytes) -> list[object]:

@@ -1,22 +1,28 @@
-"""The usage record: Paigo's schema, checked field by field, and the form the agent stores.
+"""The usage record: Paigo's rules for it, checked field by field, and the form the agent stores.
 
-A record is what an app sends and what Paigo's ``POST /usage`` takes, exactly:
+A record is what an app sends and what Paigo's ``POST /usage`` takes. The rules are Paigo's
+own, as its validator reads them (``../shared/PAIGO.md``), so that a 202 from the agent is
+never followed by a 400 from Paigo, and nothing Paigo takes is refused here:
 
 | field         | rule                                                                        |
 |---------------|-----------------------------------------------------------------------------|
-| `timestamp`   | required string, RFC 3339: 4-digit year, `T`, seconds, optional fraction,   |
-|               | explicit offset (`Z` or `±hh:mm`); the date and time must exist             |
+| `timestamp`   | required string, RFC 3339: 4-digit year, `T`, `t` or a space between date  |
+|               | and time, seconds, optional fraction, `Z`, `z` or `±hh:mm`; the date and    |
+|               | time must exist (Paigo's validator lets `:60` and `02-30` through, which it |
+|               | then cannot store: refused here)                                            |
 | `customerId`  | required non-empty string, at most `MAX_ID_CHARS` characters                |
 | `dimensionId` | required non-empty string, at most `MAX_ID_CHARS` characters                |
-| `recordValue` | required string holding a finite decimal number (`"12"`, `"-2.5"`, `"1e3"`);|
-|               | a JSON integer is taken and stored as its exact string; a JSON float is     |
-|               | refused because binary floats lose precision on the way                     |
-| `metadata`    | optional object: at most `MAX_METADATA_KEYS` keys of 1..`MAX_METADATA_KEY_  |
-|               | CHARS` characters, values strings (at most `MAX_METADATA_VALUE_CHARS`),     |
-|               | numbers or booleans, at most `MAX_METADATA_BYTES` bytes as JSON             |
+| `recordValue` | required string matching Paigo's `^[+-]?([0-9]*[.])?[0-9]+$` (`"12"`,       |
+|               | `"-2.5"`, `".5"`; not `"1e3"` or `"5."`, and the refusal says what to       |
+|               | write instead); a JSON integer of any size is kept as its digits; a JSON    |
+|               | number with a fraction is refused: binary floats lose precision             |
+| `metadata`    | optional JSON object (null is taken as none), nested values of any kind     |
+|               | allowed, at most `Rules.max_metadata_bytes` bytes as JSON; the agent's      |
+|               | record-id key is reserved                                                   |
 
-Any other top-level field is refused by name, with the known field it most resembles.
-Every problem names the record's index in the request, the field and the reason.
+Any other top-level field is refused by name, with the known field it most resembles; with
+`Rules.drop_unknown` it is dropped instead, the way Paigo strips it. Every problem names the
+record's index in the request, the field and the reason.
 
 The stored form (`Envelope`) wraps the record's JSON bytes, unchanged, with what the agent
 adds: the time it was received and per-record options (Paigo's ``invoice=true``). Its
@@ -26,11 +32,11 @@ binary layout is in `encode_envelope`. Nothing here does I/O.
 from __future__ import annotations
 
 import difflib
-import math
 import re
 import struct
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Final
 
 import orjson
@@ -42,30 +48,39 @@ KNOWN_FIELDS: Final = (*REQUIRED_FIELDS, "metadata")
 _REQUIRED_SET: Final = frozenset(REQUIRED_FIELDS)
 _KNOWN_SET: Final = frozenset(KNOWN_FIELDS)
 MAX_ID_CHARS: Final = 256
-MAX_VALUE_CHARS: Final = 64
-MAX_METADATA_KEYS: Final = 32
-MAX_METADATA_KEY_CHARS: Final = 128
-MAX_METADATA_VALUE_CHARS: Final = 1024
-MAX_METADATA_BYTES: Final = 8192
+MAX_METADATA_BYTES: Final = 16384
 
 _TIMESTAMP = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})",
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})",
     re.ASCII,
 )
-_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", re.ASCII)
+PAIGO_NUMBER: Final = re.compile(r"[+-]?([0-9]*[.])?[0-9]+", re.ASCII)  # Paigo's own pattern
 
 Record = dict[str, object]
 
 
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What a deployment sets about the checks: the metadata key the agent fills with the
+    record id (refused from apps), the metadata bound, and unknown top-level fields dropped
+    (Paigo's way) rather than refused."""
+
+    reserved_key: str | None = None
+    max_metadata_bytes: int = MAX_METADATA_BYTES
+    drop_unknown: bool = False
+
+
+DEFAULT_RULES: Final = Rules()
+
+
 def timestamp_problem(value: object) -> str | None:
-    """Why `value` is not an RFC 3339 timestamp with a 4-digit year and an offset, or None."""
+    """Why `value` is not an RFC 3339 timestamp as Paigo takes it, or None."""
     if not isinstance(value, str):
         return f'must be a string like "2021-01-23T01:23:45Z", not {_kind(value)}'
-    match = _TIMESTAMP.fullmatch(value)
-    if match is None:
+    if _TIMESTAMP.fullmatch(value) is None:
         return (
             f"{value[:40]!r} is not an RFC 3339 timestamp with a 4-digit year and an offset, "
-            'like "2021-01-23T01:23:45Z" or "2021-01-23T01:23:45.5+02:00"'
+            'like "2021-01-23T01:23:45Z" or "2021-01-23 01:23:45.5+02:00"'
         )
     try:
         datetime.fromisoformat(value.upper())  # checks the ranges, offset included
@@ -75,25 +90,38 @@ def timestamp_problem(value: object) -> str | None:
 
 
 def record_value_problem(value: object) -> str | None:
-    """Why `value` is not a finite decimal number in a string (or an exact integer), or None."""
+    """Why `value` is not a number as Paigo takes it (or an exact integer), or None."""
     if isinstance(value, bool):
         return 'must be a number in a string, like "12.5", not a boolean'
     if isinstance(value, int):
         return None
     if isinstance(value, float):
         return (
-            f'must be sent as a string, like "{value!r}": a JSON number with a fraction '
-            "loses precision, which is why Paigo takes recordValue as a string"
+            f"must be sent as a string{_write_instead(repr(value))}: a JSON number with a "
+            "fraction loses precision, which is why Paigo takes recordValue as a string"
         )
     if not isinstance(value, str):
         return f'must be a number in a string, like "12.5", not {_kind(value)}'
     if not value:
         return 'must not be empty; send a number in a string, like "12.5"'
-    if len(value) > MAX_VALUE_CHARS or _DECIMAL.fullmatch(value) is None:
-        return f'{value[:40]!r} is not a decimal number, like "12", "-2.5" or "1e3"'
-    if not math.isfinite(float(value)):
-        return f"{value[:40]!r} is too large to be a finite number"
+    if PAIGO_NUMBER.fullmatch(value) is None:
+        return (
+            f"{value[:40]!r} is not a number as Paigo takes it (digits with an optional sign "
+            f'and decimal point, like "12", "-2.5" or ".5"){_write_instead(value)}'
+        )
     return None
+
+
+def _write_instead(value: str) -> str:
+    """`: write "1000"` for "1e3": the same number in Paigo's form, when there is one."""
+    try:
+        number = Decimal(value.strip())
+    except InvalidOperation:
+        return ""
+    if not number.is_finite() or abs(number.as_tuple().exponent) > 40:  # type: ignore[arg-type]
+        return ""
+    plain = format(number, "f")
+    return f': write "{plain}"' if PAIGO_NUMBER.fullmatch(plain) else ""
 
 
 def _id_problem(value: object) -> str | None:
@@ -106,42 +134,20 @@ def _id_problem(value: object) -> str | None:
     return None
 
 
-def _metadata_problems(value: object, reserved_key: str | None) -> list[tuple[str, str]]:
+def _metadata_problems(value: object, rules: Rules) -> list[tuple[str, str]]:
+    if value is None:
+        return []
     if not isinstance(value, dict):
         return [("metadata", f"must be an object, not {_kind(value)}")]
-    if len(value) > MAX_METADATA_KEYS:
-        return [("metadata", f"has {len(value)} keys; at most {MAX_METADATA_KEYS} are allowed")]
-    found: list[tuple[str, str]] = []
-    # The JSON size is measured only when a bound says it could be too large: braces, and
-    # per item at most 6 bytes a character (\uXXXX), quotes, colon, comma, 32 for a number.
-    json_bound = 2
-    for key, item in value.items():
-        if (why := _metadata_item_problem(key, item, reserved_key)) is not None:
-            found.append((f"metadata.{key[:40]}", why))
-        json_bound += 6 * len(key) + 4 + (6 * len(item) + 2 if type(item) is str else 32)
-    if (
-        not found
-        and json_bound > MAX_METADATA_BYTES
-        and len(orjson.dumps(value)) > MAX_METADATA_BYTES
-    ):
-        found.append(("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON"))
-    return found
-
-
-def _metadata_item_problem(key: str, item: object, reserved_key: str | None) -> str | None:
-    if not key or len(key) > MAX_METADATA_KEY_CHARS:
-        return f"keys must be 1 to {MAX_METADATA_KEY_CHARS} characters"
-    if key == reserved_key:
-        return "is reserved for the agent's record id"
-    if type(item) is str:
-        if len(item) > MAX_METADATA_VALUE_CHARS:
-            return f"must be at most {MAX_METADATA_VALUE_CHARS} characters"
-        return None
-    if isinstance(item, float) and not math.isfinite(item):
-        return "must be a finite number"
-    if not isinstance(item, int | float | bool):
-        return f"must be a string, number or boolean, not {_kind(item)}"
-    return None
+    if rules.reserved_key is not None and rules.reserved_key in value:
+        return [(f"metadata.{rules.reserved_key}", "is reserved for the agent's record id")]
+    try:
+        size = len(orjson.dumps(value))
+    except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits
+        return [("metadata", "holds an integer beyond 64 bits; send it as a string")]
+    if size > rules.max_metadata_bytes:
+        return [("metadata", f"must be at most {rules.max_metadata_bytes} bytes as JSON")]
+    return []
 
 
 def unknown_field_message(name: str) -> str:
@@ -151,10 +157,13 @@ def unknown_field_message(name: str) -> str:
         iter(difflib.get_close_matches(name, KNOWN_FIELDS, n=1, cutoff=0.75)), None
     )
     hint = f"; did you mean {guess!r}?" if guess else f"; known fields: {', '.join(KNOWN_FIELDS)}"
-    return f"unknown field {name[:60]!r}{hint}"
+    return (
+        f"unknown field {name[:60]!r}{hint} (refused here, where Paigo would drop it "
+        'silently; ingest.unknown_fields = "drop" drops it too)'
+    )
 
 
-def is_plainly_valid(obj: object, reserved_key: str | None = None) -> bool:
+def is_plainly_valid(obj: object, rules: Rules = DEFAULT_RULES) -> bool:
     """True for a record that is valid by the cheapest route (the hot path); False means
     `check_record` must say what, if anything, is wrong. Never True for an invalid record."""
     if type(obj) is not dict or not (_REQUIRED_SET <= obj.keys() <= _KNOWN_SET):
@@ -166,26 +175,25 @@ def is_plainly_valid(obj: object, reserved_key: str | None = None) -> bool:
         return False
     value = obj["recordValue"]
     if type(value) is str:
-        if len(value) > MAX_VALUE_CHARS or _DECIMAL.fullmatch(value) is None:
-            return False
-        if not math.isfinite(float(value)):
+        if PAIGO_NUMBER.fullmatch(value) is None:
             return False
     elif type(value) is not int:
         return False
-    if "metadata" in obj and _metadata_problems(obj["metadata"], reserved_key):
+    if "metadata" in obj and _metadata_problems(obj["metadata"], rules):
         return False
     stamp = obj["timestamp"]
     return type(stamp) is str and timestamp_problem(stamp) is None
 
 
-def check_record(obj: object, index: int, reserved_key: str | None = None) -> list[Problem]:
-    """Every problem with one record; an empty list means it is valid."""
+def check_record(obj: object, index: int, rules: Rules = DEFAULT_RULES) -> list[Problem]:
+    """Every problem with one record; an empty list means it is valid (once unknown
+    fields are dropped, with `rules.drop_unknown`)."""
     if not isinstance(obj, dict):
         return [Problem(index, "", f"a record must be a JSON object, not {_kind(obj)}")]
     problems = [
         Problem(index, str(name)[:60], unknown_field_message(str(name)))
         for name in obj
-        if name not in KNOWN_FIELDS
+        if name not in _KNOWN_SET and not rules.drop_unknown
     ]
     for name in REQUIRED_FIELDS:
         if name not in obj:
@@ -200,14 +208,17 @@ def check_record(obj: object, index: int, reserved_key: str | None = None) -> li
         if name in obj and (why := check(obj[name])) is not None:
             problems.append(Problem(index, name, why))
     if "metadata" in obj:
-        for field, why in _metadata_problems(obj["metadata"], reserved_key):
+        for field, why in _metadata_problems(obj["metadata"], rules):
             problems.append(Problem(index, field, why))
     return problems
 
 
 def normalise(obj: Record) -> Record:
-    """The record as it will be stored: the app's fields in the app's order; an integer
-    recordValue becomes its exact decimal string. Only for records that passed the check."""
+    """The record as it will be stored: the app's known fields in the app's order (unknown
+    ones dropped, null metadata left out); an integer recordValue becomes its digits. Only
+    for records that passed the check."""
+    if not obj.keys() <= _KNOWN_SET or obj.get("metadata", {}) is None:
+        obj = {k: v for k, v in obj.items() if k in _KNOWN_SET and v is not None}
     value = obj["recordValue"]
     if isinstance(value, int):
         obj = dict(obj)
@@ -215,12 +226,12 @@ def normalise(obj: Record) -> Record:
     return obj
 
 
-def validate_records(objs: list[object], reserved_key: str | None = None) -> list[Record]:
+def validate_records(objs: list[object], rules: Rules = DEFAULT_RULES) -> list[Record]:
     """All records normalised, or RecordInvalid carrying the problems of every bad record."""
     problems: list[Problem] = []
     for index, obj in enumerate(objs):
-        if not is_plainly_valid(obj, reserved_key):
-            problems.extend(check_record(obj, index, reserved_key))
+        if not is_plainly_valid(obj, rules):
+            problems.extend(check_record(obj, index, rules))
     if problems:
         raise RecordInvalid(problems)
     return [normalise(obj) for obj in objs]  # type: ignore[arg-type]

@@ -40,6 +40,7 @@ from agent.http_server import HttpServer, Limits
 from agent.idempotency import IdempotencyStore
 from agent.ingest import IngestState, oldest_unsent_age, refused_by_http, routes
 from agent.metrics import Metrics
+from agent.records import Rules
 from agent.spool import Spool
 from agent.spool.space import DRAIN_RESERVE
 
@@ -72,6 +73,15 @@ def bind_unix_socket(ingest: IngestConfig) -> socket.socket:
         os.umask(old_umask)
     os.chmod(path, socket_mode(ingest))
     return sock
+
+
+def ingest_rules(config: Config) -> Rules:
+    """The record checks this configuration asks for."""
+    return Rules(
+        reserved_key=config.upstream.id_key or None,
+        max_metadata_bytes=config.ingest.max_metadata_bytes,
+        drop_unknown=config.ingest.unknown_fields == "drop",
+    )
 
 
 class StartFailed(AgentError):
@@ -124,8 +134,7 @@ class Service:
         self.spool.space.count_also(lambda: self.keys.bytes_used)
         self.metrics.watch_spool(self.spool, lambda: oldest_unsent_age(self.spool))
         state = IngestState(self.config.ingest, self.spool, self.keys, self.metrics, token)
-        if self.config.upstream.enabled:
-            state.reserved_key = self.config.upstream.id_key or None
+        state.rules = ingest_rules(self.config)
         self.state = state
         if self.config.upstream.enabled:
             await self._start_delivery(state)

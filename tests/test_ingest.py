@@ -189,17 +189,19 @@ async def test_an_apps_paigo_token_is_not_refused_when_no_token_is_configured(
     assert status == 202
 
 
-async def test_invoice_true_is_carried_with_each_record_of_the_request(
+async def test_only_invoice_true_in_any_case_is_carried_and_any_other_value_is_false(
     start_agent: AgentFactory,
 ):
+    """Paigo reads any invoice value, `false` included, as true: only a true one may reach it."""
     agent = await start_agent()
     await agent.post([record(1), record(2)], params={"invoice": "true"})
-    await agent.post(record(3), params={"invoice": "false"})
+    for value in ("false", "yes", "", "0", "FALSE"):
+        status, _, _ = await agent.post(record(3), params={"invoice": value})
+        assert status == 202
+    await agent.post(record(4), params={"invoice": "TRUE"})
     entries = await agent.service.spool.read(10)
-    assert [decode_envelope(e.payload).invoice for e in entries] == [True, True, False]
-    status, _, body = await agent.post(record(4), params={"invoice": "yes"})
-    assert status == 400
-    assert "invoice" in body["error"]
+    flags = [decode_envelope(e.payload).invoice for e in entries]
+    assert flags == [True, True, False, False, False, False, False, True]
 
 
 async def test_a_repeated_idempotency_key_gets_the_first_answer_and_stores_nothing(
@@ -268,6 +270,10 @@ async def test_an_integer_beyond_64_bits_is_kept_as_its_exact_digits(start_agent
     assert stored == [digits, digits, "-" + digits]
     status, _, refused = await agent.post(record(1, recordValue=1.5))
     assert status == 400 and "string" in refused["errors"][0]["message"]
+    huge = body.replace(digits.encode(), b"9" * 5000)  # past Python's int-to-text limit
+    status, _, refused = await agent.post(None, raw=huge)
+    assert status == 400 and "as a string" in refused["error"]
+    assert agent.service.spool.backlog == 3
 
 
 async def test_a_bad_idempotency_key_is_refused(start_agent: AgentFactory):
