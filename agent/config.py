@@ -95,8 +95,9 @@ class UpstreamConfig:
     park_retry_s: float = 60.0
     token_refresh_margin_s: float = 300.0
     delivery: str = "effectively-once"
-    unknown_settle_s: float = 2.0
+    unknown_settle_s: float = 10.0
     read_url: str = ""
+    read_chunk_s: float = 3600.0
     ledger_max_bytes: int = 256 * MiB
 
     @property
@@ -287,6 +288,7 @@ _POSITIVE: Final = (
     "upstream.max_retry_after_s",
     "upstream.park_retry_s",
     "upstream.ledger_max_bytes",
+    "upstream.read_chunk_s",
     "retry.initial_backoff_s",
     "retry.max_backoff_s",
     "retry.circuit_failures",

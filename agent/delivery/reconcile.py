@@ -2,10 +2,14 @@
 
 For the records in the deliveries file (`agent.delivery.ledger`) whose timestamps fall in
 [since, until), it reads each customer's raw usage from Paigo's read API over the same
-window and matches records by their stable id (`metadata[upstream.id_key]`):
+window, by the read rules of `agent.delivery.reads` (`until` is clamped to what may be read
+now, and said so; the window is read in chunks of `upstream.read_chunk_s`; a 401 or 403 gets
+one token refresh), and matches records by their stamp (`metadata[upstream.id_key]`), with
+the comparison the effectively-once check uses:
 
 * **missing**: delivered (a 2xx was seen) but not at Paigo;
-* **doubled**: at Paigo more than once.
+* **doubled**: at Paigo more than once;
+* **differs**: at Paigo with another value or instant than was delivered.
 
 Records at Paigo with an id the deliveries file does not know are listed as unknown to
 the ledger (its tail may have been cut by a power loss, or it was rotated), not as errors.
@@ -13,9 +17,9 @@ the ledger (its tail may have been cut by a power loss, or it was rotated), not 
 
 from __future__ import annotations
 
-from collections import Counter
+import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from typing import Any
 
 import aiohttp
 import orjson
@@ -23,7 +27,8 @@ import orjson
 from agent.config import Config
 from agent.delivery.auth import TokenManager
 from agent.delivery.ledger import read_deliveries
-from agent.delivery.uplink import Uplink
+from agent.delivery.reads import Match, chunks, compare, instant, latest_end, rfc3339, stamped
+from agent.delivery.uplink import Uplink, read_usage_refreshing
 
 
 @dataclass
@@ -31,31 +36,44 @@ class Report:
     checked: int = 0
     missing: list[dict[str, object]] = field(default_factory=list)
     doubled: list[tuple[str, int]] = field(default_factory=list)
+    differs: list[tuple[dict[str, object], dict[str, Any]]] = field(default_factory=list)
     unknown_to_ledger: list[str] = field(default_factory=list)
     torn_lines: list[str] = field(default_factory=list)  # file:line, skipped
+    notes: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not self.missing and not self.doubled
+        return not self.missing and not self.doubled and not self.differs
 
     def lines(self) -> list[str]:
-        out = [f"checked {self.checked} delivered records"]
+        out = [*self.notes, f"checked {self.checked} delivered records"]
         out += [f"MISSING {orjson.dumps(m).decode()}" for m in self.missing]
         out += [f"DOUBLED {key} x{count}" for key, count in self.doubled]
+        out += [
+            f"DIFFERS {orjson.dumps(sent).decode()} held {orjson.dumps(held).decode()}"
+            for sent, held in self.differs
+        ]
         out += [f"unknown to the ledger: {key}" for key in self.unknown_to_ledger]
         out += [f"skipped a torn line of the deliveries file: {where}" for where in self.torn_lines]
         out.append(
-            "clean" if self.clean else f"{len(self.missing)} missing, {len(self.doubled)} doubled"
+            "clean"
+            if self.clean
+            else f"{len(self.missing)} missing, {len(self.doubled)} doubled, "
+            f"{len(self.differs)} differ"
         )
         return out
 
 
-def instant(value: str) -> datetime:
-    return datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
-
-
-async def reconcile(config: Config, since: str, until: str) -> Report:
+async def reconcile(config: Config, since: str, until: str, now: float | None = None) -> Report:
     start, end = instant(since), instant(until)
+    report = Report()
+    latest = latest_end(time.time() if now is None else now)
+    if end > latest:
+        report.notes.append(
+            f"until {until} is not in the past: reading up to {rfc3339(latest)} "
+            "(Paigo refuses reads that end after now)"
+        )
+        end = latest
     delivered: dict[str, dict[str, object]] = {}
     deliveries = read_deliveries(config.spool.dir)
     for line in deliveries.lines:
@@ -64,21 +82,38 @@ async def reconcile(config: Config, since: str, until: str) -> Report:
     by_customer: dict[str, list[dict[str, object]]] = {}
     for line in delivered.values():
         by_customer.setdefault(str(line["c"]), []).append(line)
-    report = Report(checked=len(delivered), torn_lines=deliveries.torn)
+    report.checked, report.torn_lines = len(delivered), deliveries.torn
     upstream = config.upstream
     async with aiohttp.ClientSession() as session:
         tokens = TokenManager(upstream, session)
         uplink = Uplink(session, upstream.url, upstream.request_timeout_s * 6)
         for customer, lines in sorted(by_customer.items()):
-            token = await tokens.get()
-            groups = await uplink.read_usage(upstream.read_base, token, customer, (since, until))
-            held = Counter(
-                str(key)
-                for group in groups
-                for usage in group.get("usage") or []
-                if (key := (usage.get("metadata") or {}).get(upstream.id_key)) is not None
-            )
-            report.missing += [line for line in lines if held[str(line["k"])] == 0]
-            report.doubled += [(key, n) for key, n in sorted(held.items()) if n > 1]
-            report.unknown_to_ledger += sorted(key for key in held if key not in delivered)
+            held: dict[str, list[dict[str, Any]]] = {}
+            for window in chunks(start, end, upstream.read_chunk_s):
+                groups = await read_usage_refreshing(
+                    uplink, tokens, upstream.read_base, customer, window
+                )
+                for stamp, usage in stamped(groups, upstream.id_key):
+                    held.setdefault(stamp, []).append(usage)
+            _compare(report, lines, held, delivered)
     return report
+
+
+def _compare(
+    report: Report,
+    lines: list[dict[str, object]],
+    held: dict[str, list[dict[str, Any]]],
+    delivered: dict[str, dict[str, object]],
+) -> None:
+    """One customer's delivered lines against the entries Paigo holds, by stamp."""
+    for line in lines:
+        found = held.get(str(line["k"]), [])
+        if not found:
+            report.missing.append(line)
+            continue
+        sent = {"timestamp": line["t"], "recordValue": line["v"]}
+        report.differs += [
+            (line, usage) for usage in found if compare(sent, usage) is Match.DIFFERS
+        ]
+    report.doubled += [(key, len(found)) for key, found in sorted(held.items()) if len(found) > 1]
+    report.unknown_to_ledger += sorted(key for key in held if key not in delivered)

@@ -74,7 +74,7 @@ class Sender:
         self._clock = clock
         self.gate = Gate(upstream.concurrency, retry, clock=clock)
         self._resolver = (
-            Resolver(uplink, ledger, upstream, clock)
+            Resolver(uplink, tokens, ledger, upstream)
             if upstream.delivery == "effectively-once"
             else None
         )
@@ -207,7 +207,7 @@ class Sender:
                 self._retry_later(batch)
                 return
             if self._resolver is not None:
-                batch = await self._resolve_unknown(self._resolver, batch, token, ticket)
+                batch = await self._resolve_unknown(self._resolver, batch, ticket)
                 if not batch:
                     return
                 try:
@@ -227,25 +227,29 @@ class Sender:
         else:
             self.gate.failed(ticket, overload=False)
 
-    async def _resolve_unknown(
-        self, resolver: Resolver, batch: Taken, token: str, ticket: int
-    ) -> Taken:
+    async def _resolve_unknown(self, resolver: Resolver, batch: Taken, ticket: int) -> Taken:
         """Let the unknown records Paigo already holds leave; the rest of `batch` to send
-        (nothing when some could not be checked: they all go back, to be checked again)."""
+        (nothing when some could not be checked: they all go back, to be checked again,
+        after a backoff if the read failed, or once their instant can be read)."""
         if all(item.unknown_since is None for _, item in batch):
             return batch
-        check = await resolver.check([item for _, item in batch], token)
-        if check.token_refused:
-            self._tokens.invalidate(token)
+        check = await resolver.check([item for _, item in batch])
         if check.found:
             gone = set(check.found)
             self._leave([batch[i] for i in check.found], Reason.FOUND)
             batch = [pair for index, pair in enumerate(batch) if index not in gone]
-        if not check.complete:
+        if check.complete:
+            return batch
+        if check.token_refused:
+            reason = "the read API answers 401/403 even with a fresh token: check the credentials"
+            self.gate.config_problem(reason, ticket)
+            self._retry_later(batch)
+        elif check.failed:
             self.gate.failed(ticket, overload=False)
             self._retry_later(batch)
-            return []
-        return batch
+        else:
+            self._put_back(batch, until=self._clock() + check.wait_s)
+        return []
 
     async def _send(self, batch: Taken, token: str, ticket: int, *, token_refreshed: bool) -> None:
         """Post `batch` once and carry out what the answer means."""
@@ -309,7 +313,7 @@ class Sender:
             await self._send_with_fresh_token(batch, token, ticket)
         elif action is Action.CHECK:
             assert self._resolver is not None
-            self._resolver.became_unknown([item for _, item in batch])
+            self._resolver.became_unknown([item for _, item in batch], self._clock())
             self._put_back(batch, until=self._clock() + self._config.unknown_settle_s)
         else:
             self._retry_later(batch)

@@ -15,12 +15,15 @@ import enum
 import gzip
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Final, Protocol
 from urllib.parse import quote
 
 import aiohttp
 import orjson
+
+from agent.delivery.auth import Tokens
+from agent.delivery.reads import rfc3339
 
 
 class Outcome(enum.Enum):
@@ -114,10 +117,10 @@ class Upstream(Protocol):
     async def post(self, body: bytes, token: str, invoice: bool, *, array: bool = False) -> Reply:
         """Post one record (or an array of them); never raises: a failure is a Reply."""
 
-    async def find(
-        self, read_base: str, token: str, record: dict[str, object], id_key: str, record_id: str
-    ) -> bool:
-        """Whether the upstream holds the record; LookupFailed when it cannot tell."""
+    async def read_usage(
+        self, read_base: str, token: str, customer: str, window: tuple[datetime, datetime]
+    ) -> list[dict[str, Any]]:
+        """A customer's raw usage in [start, end), grouped by dimension; LookupFailed."""
 
 
 class Uplink:
@@ -158,33 +161,18 @@ class Uplink:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return Reply(0, error=f"{type(exc).__name__}: {exc}"[:300])
 
-    async def find(
-        self, read_base: str, token: str, record: dict[str, object], id_key: str, record_id: str
-    ) -> bool:
-        """Whether Paigo holds the record whose metadata carries `record_id` under `id_key`,
-        by its raw usage read API in a narrow window around the record's timestamp.
-        Raises LookupFailed when Paigo cannot tell."""
-        start, end = read_window(str(record["timestamp"]))
-        customer, dimension = str(record["customerId"]), str(record["dimensionId"])
-        groups = await self.read_usage(read_base, token, customer, (start, end))
-        return any(
-            (usage.get("metadata") or {}).get(id_key) == record_id
-            for group in groups
-            if group.get("dimensionId") == dimension
-            for usage in group.get("usage") or []
-        )
-
     async def read_usage(
-        self, read_base: str, token: str, customer: str, window: tuple[str, str]
+        self, read_base: str, token: str, customer: str, window: tuple[datetime, datetime]
     ) -> list[dict[str, Any]]:
         """A customer's raw usage records in [start, end), grouped by dimension, from
-        Paigo's read API; LookupFailed when it cannot be read."""
+        Paigo's read API (the rules of `agent.delivery.reads`); LookupFailed when it cannot
+        be read."""
         params = {
             "aggregationInterval": "none",
             "aggregationPurpose": "metering",
             "ignoreEnrollmentDate": "true",  # else records before the enrollment are hidden
-            "startTime": window[0],
-            "endTime": window[1],
+            "startTime": rfc3339(window[0]),
+            "endTime": rfc3339(window[1]),
         }
         url = f"{read_base}/customers/{quote(customer, safe='')}/usage"
         headers = {"Authorization": f"Bearer {token}"}
@@ -208,15 +196,30 @@ class Uplink:
 
 
 class LookupFailed(Exception):
+    """The read API could not tell (`status`: its answer, 0 for none)."""
+
     def __init__(self, reason: str, status: int = 0) -> None:
         super().__init__(reason)
         self.status = status
 
 
-def read_window(timestamp: str) -> tuple[str, str]:
-    """[start, end) of one second either side of an RFC 3339 timestamp, in UTC."""
-    instant = datetime.fromisoformat(timestamp.upper().replace("Z", "+00:00"))
-    fmt = "%Y-%m-%dT%H:%M:%S.%fZ"
-    start = (instant - timedelta(seconds=1)).astimezone(UTC).strftime(fmt)
-    end = (instant + timedelta(seconds=1)).astimezone(UTC).strftime(fmt)
-    return start, end
+REFUSED_TOKEN: Final = (401, 403)  # Paigo's gateway answers a bad token with either
+
+
+async def read_usage_refreshing(
+    upstream: Upstream,
+    tokens: Tokens,
+    read_base: str,
+    customer: str,
+    window: tuple[datetime, datetime],
+) -> list[dict[str, Any]]:
+    """`read_usage` with the current token; a 401 or 403 gets one shared token refresh and
+    the read again. LookupFailed (a 401 or 403 then is a configuration problem)."""
+    token = await tokens.get()
+    try:
+        return await upstream.read_usage(read_base, token, customer, window)
+    except LookupFailed as exc:
+        if exc.status not in REFUSED_TOKEN:
+            raise
+    tokens.invalidate(token)
+    return await upstream.read_usage(read_base, await tokens.get(), customer, window)

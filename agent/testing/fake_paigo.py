@@ -1,22 +1,40 @@
-"""A local stand-in for Paigo's API, following its published behaviour, with faults to inject.
+"""A local stand-in for Paigo's API: its published contract, the behaviour observed in a
+public copy of its backend (both in `../shared/PAIGO.md`), and faults to inject.
 
-* `POST /oauth/token`: OAuth 2.0 client credentials, JSON body `{"audience", "grant_type":
+Published, and served as published:
+* `POST /oauth/token`: client credentials, JSON `{"audience", "grant_type":
   "client_credentials", "client_id", "client_secret"}` -> `{"access_token", "expires_in",
-  "token_type": "Bearer"}`; refused credentials get 401.
-* `POST /usage`: one record per request (JSON), `Authorization: Bearer <token>`, optional
-  `?invoice=true`; checks the record as Paigo documents it (400 when it is not valid) and
-  stores it. With `accept_arrays`, a JSON array is taken too (for `upstream.mode = "array"`),
-  answered `{"results": [{"status": N}, ...]}`, one per record.
-* Faults (methods here, or `POST /_fake/faults` with the same names as JSON): fail the
-  next N requests with a status (and Retry-After), delay answers, drop the connection,
-  expire every token, reject given customers with 400, answer 404 for given customers.
-* `GET /customers/{customerId}/usage?aggregationInterval=none&aggregationPurpose=metering&
-  startTime=...&endTime=...`: the raw records stored for that customer in the window, with
-  their metadata, grouped by dimension: `{"message", "data": [{"dimensionId", "usage":
-  [{"timestamp", "recordValue", "metadata"}]}]}` (same bearer auth).
-* Outcome-unknown faults, as shares of requests: store then drop the connection, store then
-  answer 504 after a delay, answer 504 without storing.
-* `GET /_fake/records` lists what was stored; `GET /_fake/stats` counts requests by second.
+  "token_type": "Bearer"}`. Wrong credentials: 401; a wrong audience: 403.
+* `POST /usage`: one record a request, bearer token, `?invoice`. **201** `{"message"}`; a
+  record Paigo's validator refuses: 400 `{"statusCode": 400, "message": [...], "error"}`
+  (`paigo_rules`). A missing token is answered 401; an unknown or expired one 403, as
+  Paigo's API gateway does.
+* `GET /customers/{customerId}/usage` with `aggregationInterval=none`: the raw records of
+  [startTime, endTime) (default: the last 24 h) grouped by dimension, `{"message", "data":
+  [{"dimensionId", "offeringId", "usage": [{"timestamp", "recordValue", "metadata"}]}]}`.
+  An `endTime` after now is refused with 400 ("end time must be before the current time").
+* `GET /dimensions`: the catalog given to the stand-in, `{"message", "data": [...]}`.
+
+Observed, and copied:
+* unknown top-level fields are stripped; unknown customers and dimensions are stored (201);
+* `invoice` with **any** value switches invoicing on; it is refused with 400 (after the
+  record is stored) unless the dimension is `upfront` with `last` aggregation and the
+  customer's offering has it;
+* a customer has an enrollment date and an offering: reads leave out records before the
+  enrollment unless `ignoreEnrollmentDate=true`, and show only the offering's dimensions.
+  (Customers the stand-in was not told about read as enrolled since 1970 in every
+  dimension: tests make usage for customers made up on the spot.);
+* a point's identity is (customer, dimension, metadata, millisecond): a second write with
+  the same identity overwrites the first; a write becomes readable `write_delay_s` after
+  its 201; `recordValue` is stored as a 64-bit float and read back as JavaScript prints it;
+  timestamps are read back as `toISOString` prints them.
+
+Test hooks: `received` lists every write answered 201 (a resend that was stored twice is
+there twice, though the store holds one point); `points` is the store. Faults (attributes of
+`Faults`, also `POST /_fake/faults`): fail the next N usage requests with a status (and
+Retry-After), delay answers, drop connections, refuse customers (400) or answer 404 for
+them, the outcome-unknown trio (store then drop, store then 504, 504 without storing), and
+failing reads. `GET /_fake/records`, `GET /_fake/stats`, `POST /_fake/reset`.
 
 It is what `make demo` and the project's tests deliver to; `usage-agent fake-paigo` runs it.
 """
@@ -29,20 +47,62 @@ import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
-REQUIRED = ("timestamp", "customerId", "dimensionId", "recordValue")
+from agent.testing.paigo_rules import (
+    epoch_ms,
+    instant,
+    is_rfc3339,
+    iso_ms,
+    js_number,
+    strip_unknown,
+    usage_problems,
+)
+
+AUDIENCE: Final = "https://qnonyh1pc7.execute-api.us-east-1.amazonaws.com"
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+DIMENSION_DEFAULTS: Final = {
+    "aggregationMethod": "max",
+    "aggregationInterval": "hour",
+    "paymentSchedule": "arrear",
+    "sampleType": "delta",
+    "consumptionUnit": "unit",
+    "usageIncrement": "1",
+    "rounding": "none",
+    "tiers": [],
+    "tiersGroupByMetadata": [],
+    "metadata": {},
+}
 
 
 @dataclass
 class Received:
+    """One write answered 201 (stored unless a fault dropped it after the answer)."""
+
     record: dict[str, Any]
     invoice: bool
     at: float
+
+
+@dataclass
+class Point:
+    """What the store holds for one identity; readable from `visible_at` (Unix time)."""
+
+    received: Received
+    ms: int  # the timestamp, in milliseconds since the epoch
+    value: float
+    visible_at: float
+
+
+@dataclass
+class Customer:
+    enrolled_at: datetime = EPOCH
+    offering_id: str = "offering-1"
+    dimensions: frozenset[str] | None = None  # the offering's; None: every dimension
 
 
 @dataclass
@@ -59,33 +119,9 @@ class Faults:
     store_then_504_rate: float = 0.0  # store it, then answer 504 after store_then_504_delay_s
     store_then_504_delay_s: float = 0.0
     lose_504_rate: float = 0.0  # answer 504 and store nothing
-
-
-def paigo_problem(record: object) -> str | None:
-    """Why Paigo would refuse `record` (400), or None. Written from Paigo's documentation,
-    independently of the agent's own validator."""
-    if not isinstance(record, dict):
-        return "body must be a usage record object"
-    for name in REQUIRED:
-        if not isinstance(record.get(name), str) or not record[name]:
-            return f"{name} is required and must be a non-empty string"
-    stamp = record["timestamp"]
-    if len(stamp) < 20 or not stamp[:4].isdigit() or stamp[4] != "-":
-        return "timestamp must be RFC 3339 with a 4-digit year"
-    try:
-        parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        return "timestamp must be RFC 3339"
-    if parsed.tzinfo is None:
-        return "timestamp needs an offset"
-    try:
-        float(record["recordValue"])
-    except ValueError:
-        return "recordValue must be a number in a string"
-    metadata = record.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        return "metadata must be an object"
-    return None
+    reads_fail_next: int = 0  # the next N usage reads get reads_fail_status
+    reads_fail_status: int = 503
+    dimensions_fail: int = 0  # GET /dimensions answers this status (0: no fault)
 
 
 class FakePaigo:
@@ -97,16 +133,26 @@ class FakePaigo:
         accept_arrays: bool = False,
         token_ttl_s: int = 86400,
         seed: int = 0,
+        audience: str = AUDIENCE,
+        write_delay_s: float = 0.0,
+        dimensions: list[dict[str, Any]] | None = None,
+        customers: dict[str, Customer] | None = None,
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
-        self.accept_arrays = accept_arrays
+        self.audience = audience
+        self.accept_arrays = accept_arrays  # for upstream.mode = "array": not Paigo's API
         self.token_ttl_s = token_ttl_s
+        self.write_delay_s = write_delay_s
+        self.dimensions = [{**DIMENSION_DEFAULTS, **d} for d in dimensions or []]
+        self.customers = customers or {}
         self.faults = Faults()
         self.received: list[Received] = []
-        self._by_customer: dict[str, list[Received]] = {}
+        self.points: dict[tuple[str, str, bytes, int], Point] = {}
+        self._extra_points: list[Point] = []  # doubles made behind the agent's back
         self.tokens: dict[str, float] = {}  # token -> expiry (Unix time)
         self.token_requests = 0
+        self.reads: list[dict[str, str]] = []  # the query of every usage read
         self.usage_requests: Counter[int] = Counter()  # per second (Unix time, floored)
         self.statuses: Counter[int] = Counter()
         self._random = random.Random(seed)
@@ -120,6 +166,7 @@ class FakePaigo:
         app.router.add_post("/oauth/token", self._token)
         app.router.add_post("/usage", self._usage)
         app.router.add_get("/customers/{customerId}/usage", self._read_usage)
+        app.router.add_get("/dimensions", self._dimensions)
         app.router.add_post("/_fake/faults", self._set_faults)
         app.router.add_get("/_fake/records", self._records)
         app.router.add_get("/_fake/stats", self._stats)
@@ -148,7 +195,7 @@ class FakePaigo:
     def token_url(self) -> str:
         return f"{self.url}/oauth/token"
 
-    # --- faults ---------------------------------------------------------------------------
+    # --- faults and test hooks ------------------------------------------------------------
 
     def fail_next(self, count: int, status: int = 503, retry_after: str | None = None) -> None:
         self.faults.fail_next, self.faults.fail_status = count, status
@@ -159,9 +206,27 @@ class FakePaigo:
 
     @property
     def records(self) -> list[dict[str, Any]]:
+        """Every record written with a 201, in order: a record stored twice is here twice."""
         return [r.record for r in self.received]
 
-    # --- handlers -------------------------------------------------------------------------
+    def stored(self) -> list[dict[str, Any]]:
+        """The records the store holds now (after overwrites, before any write delay)."""
+        return [p.received.record for p in self._all_points()]
+
+    def delete(self, received: Received) -> None:
+        """Lose a stored record behind the agent's back."""
+        for key, point in list(self.points.items()):
+            if point.received is received:
+                del self.points[key]
+
+    def duplicate(self, received: Received) -> None:
+        """Hold a record a second time behind the agent's back (Paigo's store cannot do this
+        by itself: a point with the same identity overwrites)."""
+        point = self._point(Received(dict(received.record), received.invoice, time.time()))
+        if point is not None:
+            self._extra_points.append(point)
+
+    # --- POST /oauth/token ----------------------------------------------------------------
 
     async def _token(self, request: web.Request) -> web.Response:
         self.token_requests += 1
@@ -176,11 +241,27 @@ class FakePaigo:
             self.client_secret,
         ):
             return _json(401, {"error": "access_denied", "error_description": "Unauthorized"})
+        if body.get("audience") != self.audience:
+            return _json(
+                403,
+                {"error": "access_denied", "error_description": "Service not enabled"},
+            )
         token = secrets.token_urlsafe(24)
         self.tokens[token] = time.time() + self.token_ttl_s
         return _json(
             200, {"access_token": token, "expires_in": self.token_ttl_s, "token_type": "Bearer"}
         )
+
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """401 without a bearer token, 403 with one Paigo does not know (its gateway)."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Bearer" or not token:
+            return _json(401, {"message": "Unauthorized"})
+        if self.tokens.get(token, 0) < time.time():
+            return _json(403, {"message": "Forbidden"})
+        return None
+
+    # --- POST /usage ----------------------------------------------------------------------
 
     async def _usage(self, request: web.Request) -> web.StreamResponse:
         self.usage_requests[int(time.time())] += 1
@@ -195,8 +276,8 @@ class FakePaigo:
         if faults.drop_next > 0:
             faults.drop_next -= 1
             return _drop(request)
-        if not self._authorized(request):
-            return _json(401, {"message": "Unauthorized"})
+        if (refused := self._refusal(request)) is not None:
+            return refused
         if faults.fail_next > 0:
             faults.fail_next -= 1
             headers = {"Retry-After": faults.retry_after} if faults.retry_after else None
@@ -204,80 +285,139 @@ class FakePaigo:
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            return _json(400, {"message": "Invalid JSON"})
-        invoice = request.query.get("invoice") == "true"
+            return _bad_request(["Unexpected token in JSON"])
+        invoice = "invoice" in request.query  # any value, false included
         if isinstance(body, list) and self.accept_arrays:
-            results = [self._store_one(record, invoice) for record in body]
+            results = [self._write(record, invoice)[0] for record in body]
             return _json(200, {"results": [{"status": status} for status in results]})
         draw = self._random.random()
         if draw < faults.lose_504_rate:
             return _json(504, {"message": "Endpoint request timed out"})
-        status = self._store_one(body, invoice)
+        status, problems = self._write(body, invoice)
         draw -= faults.lose_504_rate
-        if status == 200 and draw < faults.store_then_drop_rate:
+        if status == 201 and draw < faults.store_then_drop_rate:
             return _drop(request)
         draw -= faults.store_then_drop_rate
-        if status == 200 and draw < faults.store_then_504_rate:
+        if status == 201 and draw < faults.store_then_504_rate:
             await asyncio.sleep(faults.store_then_504_delay_s)
             return _json(504, {"message": "Endpoint request timed out"})
-        messages = {200: "Success", 400: "Bad Request", 404: "Not Found"}
-        return _json(status, {"message": messages.get(status, "error")})
+        if status == 400:
+            return _bad_request(problems)
+        if status == 404:
+            return _json(404, {"message": "Customer not found"})
+        return _json(201, {"message": "Usage record created"})
+
+    def _write(self, body: Any, invoice: bool) -> tuple[int, list[str]]:
+        """Validate and store one record: (status, problems)."""
+        if problems := usage_problems(body):
+            return 400, problems
+        record = strip_unknown(body)
+        customer = record["customerId"]
+        if customer in self.faults.reject_customers:
+            return 400, ["customer refused by an injected fault"]
+        if customer in self.faults.unknown_customers:
+            return 404, []
+        received = Received(record, invoice, time.time())
+        self.received.append(received)
+        point = self._point(received)
+        if point is not None:  # else the write after the 201 fails, logged only at Paigo
+            self.points[self._identity(record, point.ms)] = point
+        if invoice and (why := self._cannot_invoice(record)) is not None:
+            return 400, [why]  # stored first, then refused, as Paigo does
+        return 201, []
+
+    def _point(self, received: Received) -> Point | None:
+        moment = instant(received.record["timestamp"])
+        if moment is None:
+            return None
+        value = float(received.record["recordValue"])
+        return Point(received, epoch_ms(moment), value, received.at + self.write_delay_s)
+
+    @staticmethod
+    def _identity(record: dict[str, Any], ms: int) -> tuple[str, str, bytes, int]:
+        metadata = orjson.dumps(record.get("metadata") or {}, option=orjson.OPT_SORT_KEYS)
+        return record["customerId"], record["dimensionId"], metadata, ms
+
+    def _cannot_invoice(self, record: dict[str, Any]) -> str | None:
+        dimension = self._dimension(record["dimensionId"])
+        if dimension is None:
+            return "dimension not found"
+        if (dimension["paymentSchedule"], dimension["aggregationMethod"]) != ("upfront", "last"):
+            return "invoice is only allowed for upfront dimensions with last aggregation"
+        offering = self._customer(record["customerId"]).dimensions
+        if offering is not None and record["dimensionId"] not in offering:
+            return "the customer is not enrolled in an offering with this dimension"
+        return None
+
+    # --- GET /customers/{customerId}/usage ------------------------------------------------
 
     async def _read_usage(self, request: web.Request) -> web.Response:
-        """Paigo's raw usage read: `aggregationInterval=none`, records in
-        [startTime, endTime) grouped by dimension, with their metadata."""
-        if not self._authorized(request):
-            return _json(401, {"message": "Unauthorized"})
+        if (refused := self._refusal(request)) is not None:
+            return refused
         query = request.query
+        self.reads.append(dict(query))
+        if self.faults.reads_fail_next > 0:
+            self.faults.reads_fail_next -= 1
+            return _json(self.faults.reads_fail_status, {"message": "injected failure"})
         if query.get("aggregationInterval") != "none":
-            return _json(400, {"message": "only aggregationInterval=none is served here"})
-        try:
-            start = _instant(query["startTime"])
-            end = _instant(query["endTime"])
-        except (KeyError, ValueError):
-            return _json(400, {"message": "startTime and endTime must be RFC 3339"})
-        customer = request.match_info["customerId"]
+            return _bad_request(["the stand-in serves only aggregationInterval=none"])
+        if query.get("aggregationPurpose", "billing") not in ("billing", "metering"):
+            return _bad_request(["aggregationPurpose must be billing or metering"])
+        now = datetime.now(UTC)
+        start = _query_instant(query, "startTime", now - timedelta(days=1))
+        end = _query_instant(query, "endTime", now)
+        if start is None or end is None:
+            return _bad_request(["startTime and endTime must be RFC 3339 dates"])
+        if end > now:
+            return _bad_request(["end time must be before the current time"])
+        if start >= end:
+            return _bad_request(["start time must be before end time"])
+        customer_id = request.match_info["customerId"]
+        customer = self._customer(customer_id)
+        if query.get("ignoreEnrollmentDate") != "true":
+            start = max(start, customer.enrolled_at)
+        first, last = epoch_ms(start), epoch_ms(end)
         by_dimension: dict[str, list[dict[str, Any]]] = {}
-        for received in self._by_customer.get(customer, []):
-            record = received.record
-            if not start <= _instant(record["timestamp"]) < end:
+        for point in sorted(self._all_points(), key=lambda p: p.ms):
+            record = point.received.record
+            if record["customerId"] != customer_id or not first <= point.ms < last:
+                continue
+            if point.visible_at > time.time():
+                continue
+            if customer.dimensions is not None and record["dimensionId"] not in customer.dimensions:
                 continue
             by_dimension.setdefault(record["dimensionId"], []).append(
                 {
-                    "timestamp": record["timestamp"],
-                    "recordValue": record["recordValue"],
-                    "metadata": record.get("metadata", {}),
+                    "timestamp": iso_ms(point.ms),
+                    "recordValue": js_number(point.value),
+                    "metadata": record.get("metadata") or {},
                 }
             )
-        data = [{"dimensionId": d, "usage": usage} for d, usage in by_dimension.items()]
+        data = [
+            {"dimensionId": d, "offeringId": customer.offering_id, "usage": usage}
+            for d, usage in by_dimension.items()
+        ]
         return _json(200, {"message": "Success", "data": data})
 
-    def _authorized(self, request: web.Request) -> bool:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        return scheme == "Bearer" and self.tokens.get(token, 0) >= time.time()
+    def _customer(self, customer_id: str) -> Customer:
+        return self.customers.get(customer_id) or Customer()
 
-    def _store_one(self, record: Any, invoice: bool) -> int:
-        if paigo_problem(record) is not None:
-            return 400
-        if record["customerId"] in self.faults.reject_customers:
-            return 400
-        if record["customerId"] in self.faults.unknown_customers:
-            return 404
-        self._keep(Received(record, invoice, time.time()))
-        return 200
+    def _all_points(self) -> list[Point]:
+        return [*self.points.values(), *self._extra_points]
 
-    def _keep(self, received: Received) -> None:
-        self.received.append(received)
-        self._by_customer.setdefault(received.record["customerId"], []).append(received)
+    # --- GET /dimensions ------------------------------------------------------------------
 
-    def delete(self, received: Received) -> None:
-        """Lose a stored record behind the agent's back (for reconcile tests)."""
-        self.received.remove(received)
-        self._by_customer[received.record["customerId"]].remove(received)
+    async def _dimensions(self, request: web.Request) -> web.Response:
+        if (refused := self._refusal(request)) is not None:
+            return refused
+        if self.faults.dimensions_fail:
+            return _json(self.faults.dimensions_fail, {"message": "injected failure"})
+        return _json(200, {"message": "Success", "data": self.dimensions})
 
-    def duplicate(self, received: Received) -> None:
-        """Store a record a second time behind the agent's back."""
-        self._keep(Received(dict(received.record), received.invoice, time.time()))
+    def _dimension(self, dimension_id: str) -> dict[str, Any] | None:
+        return next((d for d in self.dimensions if d["dimensionId"] == dimension_id), None)
+
+    # --- /_fake ---------------------------------------------------------------------------
 
     async def _set_faults(self, request: web.Request) -> web.Response:
         changes = orjson.loads(await request.read())
@@ -295,7 +435,8 @@ class FakePaigo:
 
     async def _reset(self, request: web.Request) -> web.Response:
         self.received.clear()
-        self._by_customer.clear()
+        self.points.clear()
+        self._extra_points.clear()
         self.usage_requests.clear()
         self.statuses.clear()
         return _json(200, {"ok": True})
@@ -308,12 +449,16 @@ class FakePaigo:
                 "statuses": {str(k): v for k, v in self.statuses.items()},
                 "token_requests": self.token_requests,
                 "records": len(self.received),
+                "points": len(self._all_points()),
             },
         )
 
 
-def _instant(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+def _query_instant(query: Any, name: str, default: datetime) -> datetime | None:
+    value = query.get(name)
+    if value is None:
+        return default
+    return instant(value) if is_rfc3339(value) else None
 
 
 def _drop(request: web.Request) -> web.StreamResponse:
@@ -321,6 +466,10 @@ def _drop(request: web.Request) -> web.StreamResponse:
     if request.transport is not None:
         request.transport.abort()
     return web.StreamResponse(status=500)  # never reaches the client
+
+
+def _bad_request(messages: list[str]) -> web.Response:
+    return _json(400, {"statusCode": 400, "message": messages, "error": "Bad Request"})
 
 
 def _json(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:

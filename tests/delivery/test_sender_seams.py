@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,13 @@ class Post:
 @dataclass
 class FakeUpstream:
     """Answers each post with `answer(records, token)` after `delay_s`; `held` is what
-    a read of the upstream would find (by stable id)."""
+    a read of the upstream finds (the records as sent, any window)."""
 
     answer: Answer
     delay_s: float = 0.0
     posts: list[Post] = field(default_factory=list)
-    held: set[str] = field(default_factory=set)
-    finds: list[str] = field(default_factory=list)  # the token of each read
+    held: list[dict[str, Any]] = field(default_factory=list)
+    reads: list[str] = field(default_factory=list)  # the token of each read
     refuse_reads_with: set[str] = field(default_factory=set)  # tokens the read API refuses
 
     async def post(self, body: bytes, token: str, invoice: bool, *, array: bool = False) -> Reply:
@@ -53,13 +54,17 @@ class FakeUpstream:
         await asyncio.sleep(self.delay_s)
         return self.answer(records, token)
 
-    async def find(
-        self, read_base: str, token: str, record: dict[str, object], id_key: str, record_id: str
-    ) -> bool:
-        self.finds.append(token)
+    async def read_usage(
+        self, read_base: str, token: str, customer: str, window: tuple[datetime, datetime]
+    ) -> list[dict[str, Any]]:
+        self.reads.append(token)
         if token in self.refuse_reads_with:
             raise LookupFailed("the read API answered 401", 401)
-        return record_id in self.held
+        return [
+            {"dimensionId": r["dimensionId"], "usage": [r]}
+            for r in self.held
+            if r["customerId"] == customer
+        ]
 
 
 class FakeTokens:
@@ -198,14 +203,14 @@ async def test_a_401_from_the_read_api_refreshes_the_token(rig: Callable[..., An
     built.upstream.refuse_reads_with = {"token-1"}
     await built.post([record(1)])
     await eventually(lambda: built.spool.backlog == 0, what="delivery")
-    assert built.upstream.finds[:2] == ["token-1", "token-2"]
+    assert built.upstream.reads[:2] == ["token-1", "token-2"]
 
 
 async def test_a_record_found_at_paigo_leaves_and_is_in_the_deliveries_file(
     rig: Callable[..., Any],
 ):
     def stored_then_lost_answer(records: list[dict[str, Any]], token: str) -> Reply:
-        built.upstream.held.add(records[0]["metadata"]["usageAgentRecordId"])
+        built.upstream.held.append(records[0])
         return Reply(0, error="reset")  # stored, but the answer never came
 
     built: Rig = await rig(stored_then_lost_answer)
@@ -215,7 +220,7 @@ async def test_a_record_found_at_paigo_leaves_and_is_in_the_deliveries_file(
     assert built.sender.status().left["found"] == 1
     await built.sender.stop(0.1)
     [line] = read_deliveries(built.dir).lines
-    assert line["k"] in built.upstream.held
+    assert line["k"] == built.upstream.held[0]["metadata"]["usageAgentRecordId"]
 
 
 async def test_a_404_for_a_whole_array_splits_and_parks_only_the_unknown_pair(

@@ -79,16 +79,3 @@ def test_per_record_results_of_an_array_answer():
     assert reply.per_record(2) is None  # a count that does not match proves nothing
     assert Reply(200, b'{"message": "ok"}').per_record(3) is None
     assert Reply(500, b'{"results": []}').per_record(0) is None
-
-
-def test_the_read_window_is_one_second_either_side_in_utc():
-    from agent.delivery.uplink import read_window
-
-    assert read_window("2026-11-25T10:00:00Z") == (
-        "2026-11-25T09:59:59.000000Z",
-        "2026-11-25T10:00:01.000000Z",
-    )
-    assert read_window("2026-11-25T12:00:00.5+02:00") == (
-        "2026-11-25T09:59:59.500000Z",
-        "2026-11-25T10:00:01.500000Z",
-    )
