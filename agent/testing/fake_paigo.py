@@ -153,6 +153,7 @@ class FakePaigo:
         self.tokens: dict[str, float] = {}  # token -> expiry (Unix time)
         self.token_requests = 0
         self.reads: list[dict[str, str]] = []  # the query of every usage read
+        self.refused_reads: list[str] = []  # why each read answered 400 was refused
         self.usage_requests: Counter[int] = Counter()  # per second (Unix time, floored)
         self.statuses: Counter[int] = Counter()
         self._random = random.Random(seed)
@@ -359,19 +360,12 @@ class FakePaigo:
         if self.faults.reads_fail_next > 0:
             self.faults.reads_fail_next -= 1
             return _json(self.faults.reads_fail_status, {"message": "injected failure"})
-        if query.get("aggregationInterval") != "none":
-            return _bad_request(["the stand-in serves only aggregationInterval=none"])
-        if query.get("aggregationPurpose", "billing") not in ("billing", "metering"):
-            return _bad_request(["aggregationPurpose must be billing or metering"])
         now = datetime.now(UTC)
-        start = _query_instant(query, "startTime", now - timedelta(days=1))
-        end = _query_instant(query, "endTime", now)
-        if start is None or end is None:
-            return _bad_request(["startTime and endTime must be RFC 3339 dates"])
-        if end > now:
-            return _bad_request(["end time must be before the current time"])
-        if start >= end:
-            return _bad_request(["start time must be before end time"])
+        window = _read_window(query, now)
+        if isinstance(window, str):
+            self.refused_reads.append(window)
+            return _bad_request([window])
+        start, end = window
         customer_id = request.match_info["customerId"]
         customer = self._customer(customer_id)
         if query.get("ignoreEnrollmentDate") != "true":
@@ -452,6 +446,23 @@ class FakePaigo:
                 "points": len(self._all_points()),
             },
         )
+
+
+def _read_window(query: Any, now: datetime) -> tuple[datetime, datetime] | str:
+    """[start, end) of a usage read, or why Paigo refuses the query."""
+    if query.get("aggregationInterval") != "none":
+        return "the stand-in serves only aggregationInterval=none"
+    if query.get("aggregationPurpose", "billing") not in ("billing", "metering"):
+        return "aggregationPurpose must be billing or metering"
+    start = _query_instant(query, "startTime", now - timedelta(days=1))
+    end = _query_instant(query, "endTime", now)
+    if start is None or end is None:
+        return "startTime and endTime must be RFC 3339 dates"
+    if end > now:
+        return "end time must be before the current time"
+    if start >= end:
+        return "start time must be before end time"
+    return start, end
 
 
 def _query_instant(query: Any, name: str, default: datetime) -> datetime | None:

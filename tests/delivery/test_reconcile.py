@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 from agent.cli import main
 from agent.delivery import ledger
-from agent.testing.fake_paigo import FakePaigo
+from agent.testing.fake_paigo import Customer, FakePaigo
 from tests.conftest import AgentFactory, delivering, eventually, record
 from tests.integration.agent_process import write_config
 
 
-async def test_reconcile_reports_a_deleted_and_a_doubled_record(
-    start_agent: AgentFactory, paigo: FakePaigo, tmp_path: Path, capsys
+@pytest.fixture
+async def enrolled_later() -> AsyncIterator[FakePaigo]:
+    """Every customer enrolled after the records: only ignoreEnrollmentDate=true shows them."""
+    later = Customer(enrolled_at=datetime(2026, 11, 26, tzinfo=UTC))
+    fake = FakePaigo(customers={f"customer-{n}": later for n in range(7)})
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+async def test_reconcile_reports_a_deleted_and_a_doubled_record_of_enrolled_later_customers(
+    start_agent: AgentFactory, enrolled_later: FakePaigo, tmp_path: Path, capsys
 ):
+    paigo = enrolled_later
     sections = delivering(paigo)
     agent = await start_agent(**sections)
     batch = [record(n, timestamp=f"2026-11-25T10:00:{n:02d}Z") for n in range(40)]
@@ -29,6 +44,7 @@ async def test_reconcile_reports_a_deleted_and_a_doubled_record(
     window = ["--since", "2026-11-25T09:00:00Z", "--until", "2026-11-25T11:00:00Z"]
     assert await asyncio.to_thread(main, args + window) == 0
     assert "clean" in capsys.readouterr().out
+    assert len(paigo.reads) == 2 * 7  # two hours, read hour by hour, for each customer
 
     by_value = {r.record["recordValue"]: r for r in paigo.received}
     deleted, doubled = by_value["5"], by_value["7"]
@@ -44,6 +60,14 @@ async def test_reconcile_reports_a_deleted_and_a_doubled_record(
 
     narrow = ["--since", "2026-11-25T10:00:10Z", "--until", "2026-11-25T10:00:20Z"]
     assert await asyncio.to_thread(main, args + narrow) == 0  # both lie outside this window
+    long_chunks = {**sections, "upstream": {**sections["upstream"], "read_chunk_s": 1e9}}
+    write_config(config, {"spool": {"dir": str(spool_dir)}, **long_chunks})
+    to_the_future = ["--since", "2026-11-25T09:00:00Z", "--until", "2999-01-01T00:00:00Z"]
+    assert await asyncio.to_thread(main, args + to_the_future) == 1
+    out = capsys.readouterr().out
+    assert "until 2999-01-01T00:00:00Z is not in the past: reading up to" in out
+    assert "1 missing, 1 doubled" in out
+    assert paigo.refused_reads == []
 
 
 async def test_a_torn_line_in_the_deliveries_file_is_skipped_and_named(

@@ -109,6 +109,31 @@ async def test_invoice_records_are_ordered_per_pair_and_carry_the_flag(
     assert all(r.invoice for r in paigo.received)
 
 
+@pytest.mark.parametrize("delivery", ["at-least-once", "effectively-once"])
+async def test_two_genuine_identical_records_are_two_points_at_paigo(
+    start_agent: AgentFactory, paigo: FakePaigo, delivery: str
+):
+    """Paigo's store overwrites a point with the same customer, dimension, metadata and
+    millisecond: only the stamp in metadata keeps two real records apart."""
+    agent = await start_agent(**delivering(paigo, delivery=delivery))
+    same = record(1, metadata={"region": "eu"})
+    await post_all(agent, [same, same])
+    await eventually(lambda: len(paigo.records) >= 2, what="delivery")
+    assert as_sent(paigo.stored()) == [same, same]
+
+
+async def test_without_the_stamp_two_identical_records_are_one_point(
+    start_agent: AgentFactory, paigo: FakePaigo
+):
+    """What `upstream.stamp_records = false` risks, shown."""
+    upstream = delivering(paigo, delivery="at-least-once", stamp_records=False)
+    agent = await start_agent(**upstream)
+    same = record(1, metadata={"region": "eu"})
+    await post_all(agent, [same, same])
+    await eventually(lambda: len(paigo.records) >= 2, what="delivery")
+    assert paigo.records == [same, same] and paigo.stored() == [same]
+
+
 async def test_an_expired_token_is_refreshed_once_and_nothing_is_lost(
     start_agent: AgentFactory, paigo: FakePaigo
 ):

@@ -30,6 +30,7 @@ Answer = Callable[[list[dict[str, Any]], str], Reply]
 
 @dataclass
 class Post:
+    body: bytes
     records: list[dict[str, Any]]
     token: str
     started: float
@@ -50,7 +51,7 @@ class FakeUpstream:
     async def post(self, body: bytes, token: str, invoice: bool, *, array: bool = False) -> Reply:
         loaded = orjson.loads(body)
         records = loaded if array else [loaded]
-        self.posts.append(Post(records, token, time.monotonic()))
+        self.posts.append(Post(body, records, token, time.monotonic()))
         await asyncio.sleep(self.delay_s)
         return self.answer(records, token)
 
@@ -191,6 +192,25 @@ async def test_a_403_for_an_expired_token_is_delivered_after_one_refresh(
     await eventually(lambda: built.spool.backlog == 0, what="delivery")
     assert [p.token for p in built.upstream.posts] == ["token-1", "token-2"]
     assert not deadletter.path_in(built.dir).exists()
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "effectively-once"])
+async def test_a_resend_is_byte_identical_to_the_first_send_stamp_included(
+    rig: Callable[..., Any], delivery: str
+):
+    answers = iter([Reply(503), Reply(0, error="reset"), Reply(502)])
+
+    def fail_three_times(records: list[dict[str, Any]], token: str) -> Reply:
+        return next(answers, Reply(201))
+
+    built: Rig = await rig(fail_three_times, delivery=delivery)
+    await built.post([record(1, metadata={"b": 1, "a": {"z": [1, 2]}})])
+    await eventually(lambda: built.spool.backlog == 0, what="delivery")
+    bodies = {post.body for post in built.upstream.posts}
+    assert len(built.upstream.posts) == 4 and len(bodies) == 1
+    [sent] = built.upstream.posts[0].records
+    stamp = f"{built.spool.spool_id}-1"  # the spool's id and the record's sequence number
+    assert sent["metadata"] == {"b": 1, "a": {"z": [1, 2]}, "usageAgentRecordId": stamp}
 
 
 async def test_a_401_from_the_read_api_refreshes_the_token(rig: Callable[..., Any]):
