@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ MiB: Final = 1024 * 1024
 DEFAULT_ID_KEY: Final = "usageAgentRecordId"
 DELIVERY_MODES: Final = ("effectively-once", "at-least-once")
 UNKNOWN_FIELDS: Final = ("refuse", "drop")
+CATALOG_MODES: Final = ("auto", "off")
+PAIGO_DOMAIN: Final = "paigo.tech"
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ class UpstreamConfig:
     unknown_settle_s: float = 10.0
     read_url: str = ""
     read_chunk_s: float = 3600.0
+    dimensions: str = "auto"  # or "off": Paigo's dimension catalog (agent.catalog)
+    dimensions_refresh_s: float = 300.0
     ledger_max_bytes: int = 256 * MiB
 
     @property
@@ -289,6 +294,7 @@ _POSITIVE: Final = (
     "upstream.park_retry_s",
     "upstream.ledger_max_bytes",
     "upstream.read_chunk_s",
+    "upstream.dimensions_refresh_s",
     "retry.initial_backoff_s",
     "retry.max_backoff_s",
     "retry.circuit_failures",
@@ -386,6 +392,15 @@ def _check_upstream(config: Config) -> None:
     src, up, retry = config.source, config.upstream, config.retry
     if up.mode not in ("single", "array"):
         raise ConfigError(src, "upstream.mode", 'must be "single" or "array"')
+    if up.mode == "array" and is_paigo(up.url):
+        raise ConfigError(
+            src,
+            "upstream.mode",
+            'Paigo has no batch endpoint: its /usage takes one record a request; "array" '
+            "is for other endpoints that take JSON arrays",
+        )
+    if up.dimensions not in CATALOG_MODES:
+        raise ConfigError(src, "upstream.dimensions", 'must be "auto" or "off"')
     if up.delivery not in DELIVERY_MODES:
         raise ConfigError(src, "upstream.delivery", f"must be one of {', '.join(DELIVERY_MODES)}")
     for key in ("url", "token_url"):
@@ -402,6 +417,12 @@ def _check_upstream(config: Config) -> None:
         )
     if retry.multiplier < 1:
         raise ConfigError(src, "retry.multiplier", "must be at least 1")
+
+
+def is_paigo(url: str) -> bool:
+    """Whether `url` is on Paigo's own hosts."""
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    return host == PAIGO_DOMAIN or host.endswith("." + PAIGO_DOMAIN)
 
 
 def socket_mode(ingest: IngestConfig) -> int:

@@ -40,9 +40,10 @@ from typing import Final
 import orjson
 
 from agent import __version__
+from agent.catalog import Catalog
 from agent.config import IngestConfig
 from agent.delivery.status import DeliveryStatus
-from agent.errors import RecordInvalid, SpoolError, SpoolFull
+from agent.errors import Problem, RecordInvalid, SpoolError, SpoolFull
 from agent.http_server import HttpError, Request, Response, Routes
 from agent.idempotency import Answer, IdempotencyStore, KeyReused, fingerprint, key_problem
 from agent.metrics import Metrics
@@ -72,6 +73,7 @@ class IngestState:
     metrics: Metrics
     token: bytes | None = None
     rules: Rules = DEFAULT_RULES  # the record checks as this deployment sets them
+    catalog: Catalog | None = None  # Paigo's dimensions, when upstream.dimensions = "auto"
     started_at: float = field(default_factory=time.time)
     shutting_down: bool = False
     delivery_status: Callable[[], DeliveryStatus | None] = lambda: None
@@ -173,15 +175,11 @@ async def _store(state: IngestState, objs: list[object], invoice: bool, key: str
     try:
         records = validate_records(objs, state.rules)
     except RecordInvalid as exc:
-        problems = [p.as_dict() for p in exc.problems[:MAX_PROBLEMS_SHOWN]]
-        bad = len({p.index for p in exc.problems})
-        raise Refused(
-            400,
-            "invalid_record",
-            f"{bad} of {len(objs)} records are invalid; nothing was stored",
-            records=len(objs),
-            errors=problems,
-        ) from None
+        raise _invalid(exc.problems, len(objs)) from None
+    if state.catalog is not None:
+        dimensions = [str(r["dimensionId"]) for r in records]
+        if problems := await state.catalog.problems(dimensions, invoice):
+            raise _invalid(problems, len(objs), "refused_by_catalog")
     now_ms = time.time_ns() // 1_000_000
     payloads = encode_envelopes([orjson.dumps(r) for r in records], now_ms, invoice, key)
     try:
@@ -193,6 +191,17 @@ async def _store(state: IngestState, objs: list[object], invoice: bool, key: str
     state.metrics.ingest.accepted += len(payloads)
     body = {"accepted": len(payloads), "ids": state.spool.record_ids(seqs)}
     return Answer(202, orjson.dumps(body))
+
+
+def _invalid(problems: list[Problem], records: int, reason: str = "invalid_record") -> Refused:
+    bad = len({p.index for p in problems})
+    return Refused(
+        400,
+        reason,
+        f"{bad} of {records} records are invalid; nothing was stored",
+        records=records,
+        errors=[p.as_dict() for p in problems[:MAX_PROBLEMS_SHOWN]],
+    )
 
 
 def _unavailable(
@@ -359,6 +368,7 @@ async def status(state: IngestState, request: Request) -> Response:
             "oldest_unsent_age_s": oldest_unsent_age(state.spool),
         },
         "idempotency_keys": len(state.keys),
+        "catalog": state.catalog.status() if state.catalog is not None else None,
         "delivery": delivery.as_dict() if delivery is not None else {},
     }
     return json_response(200, body)

@@ -22,19 +22,21 @@ import socket
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry
 
 from agent import __version__
+from agent.catalog import Catalog, CatalogUnavailable
 from agent.config import Config, IngestConfig, parse_listen, socket_mode
 from agent.delivery import deadletter
-from agent.delivery.auth import TokenManager
+from agent.delivery.auth import TokenError, TokenManager
 from agent.delivery.deadletter import DeadLetterFile
 from agent.delivery.exits import Exits
 from agent.delivery.ledger import Ledger
 from agent.delivery.sender import Sender
-from agent.delivery.uplink import Uplink
+from agent.delivery.uplink import LookupFailed, Uplink, refreshing
 from agent.errors import AgentError
 from agent.http_server import HttpServer, Limits
 from agent.idempotency import IdempotencyStore
@@ -73,6 +75,12 @@ def bind_unix_socket(ingest: IngestConfig) -> socket.socket:
         os.umask(old_umask)
     os.chmod(path, socket_mode(ingest))
     return sock
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def ingest_rules(config: Config) -> Rules:
@@ -167,6 +175,11 @@ class Service:
             gzip_arrays=upstream.gzip,
             max_retry_after_s=upstream.max_retry_after_s,
         )
+        tokens = TokenManager(upstream, session)
+        catalog = (
+            await self._start_catalog(uplink, tokens) if upstream.dimensions == "auto" else None
+        )
+        state.catalog = catalog
         ledger = Ledger(self.config.spool, upstream.ledger_max_bytes, self.spool.space.reserve)
         await ledger.start()
         self._stack.push_async_callback(ledger.stop)
@@ -175,11 +188,12 @@ class Service:
         sender = Sender(
             self.spool,
             uplink,
-            TokenManager(upstream, session),
+            tokens,
             Exits(self.spool, ledger, dead_letters, upstream.id_key),
             ledger,
             upstream=upstream,
             retry=self.config.retry,
+            catalog_order=(lambda: catalog.last_dimensions) if catalog else frozenset,
         )
         sender.on_reply = lambda reply, seconds: self.metrics.upstream_replied(
             reply.status, seconds
@@ -189,6 +203,23 @@ class Service:
         self.metrics.watch_sender(sender.status)
         state.delivery_status = sender.status
         self.sender = sender
+
+    async def _start_catalog(self, uplink: Uplink, tokens: TokenManager) -> Catalog:
+        """Paigo's dimension catalog: the one kept on disk now, refreshed in the background
+        (start-up never waits for Paigo)."""
+        read_base = self.config.upstream.read_base
+
+        async def fetch() -> list[dict[str, Any]]:
+            try:
+                return await refreshing(tokens, lambda t: uplink.read_dimensions(read_base, t))
+            except (LookupFailed, TokenError) as exc:
+                raise CatalogUnavailable(f"GET {read_base}/dimensions: {exc}") from None
+
+        catalog = Catalog(self.spool.dir, self.config.upstream.dimensions_refresh_s, fetch)
+        catalog.load()
+        task = asyncio.create_task(catalog.run(), name="catalog")
+        self._stack.push_async_callback(_cancel, task)
+        return catalog
 
     async def _stop_sender(self, sender: Sender) -> None:
         await sender.stop(max(0.0, self._deadline - time.monotonic()))

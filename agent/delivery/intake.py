@@ -50,14 +50,18 @@ class Intake:
         *,
         window: int,
         work: asyncio.Event,
+        catalog_order: Callable[[], frozenset[str]] = frozenset,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`catalog_order`: the dimensions delivered in order besides the configured ones
+        (the catalog's `last` dimensions)."""
         self._spool = spool
         self._lanes = lanes
         self._exits = exits
         self._resolver = resolver
         self._id_key = config.id_key
-        self._ordered_dims = frozenset(config.ordered_dimensions)
+        self._configured_order = frozenset(config.ordered_dimensions)
+        self._catalog_order = catalog_order
         self._window = window
         self._work = work  # set when records were added
         self._clock = clock
@@ -82,14 +86,15 @@ class Intake:
                 await self._spool.wait_for_data(IDLE_POLL_S)
                 continue
             await asyncio.sleep(0)  # reads do not suspend: let ingest and sends run between
+            ordered = self._configured_order | self._catalog_order()
             for entry in entries:
-                await self._admit(entry, now)
+                await self._admit(entry, now, ordered)
             self._work.set()
 
-    async def _admit(self, entry: Entry, now: float) -> None:
+    async def _admit(self, entry: Entry, now: float, ordered: frozenset[str]) -> None:
         try:
             key, item = make_item(
-                entry.seq, entry.payload, self._spool.spool_id, self._id_key, self._ordered_dims
+                entry.seq, entry.payload, self._spool.spool_id, self._id_key, ordered
             )
         except (ValueError, KeyError, TypeError) as exc:  # not a record we can send
             await self._exits.unreadable(entry.seq, entry.payload, exc)  # else: kept, read

@@ -62,6 +62,7 @@ class Sender:
         *,
         upstream: UpstreamConfig,
         retry: RetryConfig,
+        catalog_order: Callable[[], frozenset[str]] = frozenset,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._spool = spool
@@ -89,6 +90,7 @@ class Sender:
             upstream,
             window=window,
             work=self._work,
+            catalog_order=catalog_order,
             clock=clock,
         )
         self._tasks: list[asyncio.Task[None]] = []

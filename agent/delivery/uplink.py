@@ -14,9 +14,10 @@ import email.utils
 import enum
 import gzip
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -37,6 +38,8 @@ class Outcome(enum.Enum):
     TOO_LARGE = "too_large"  # 413: split the batch
     PERMANENT = "permanent"  # other 4xx, 501: not retryable as is, and not the record's fault
 
+
+T = TypeVar("T")
 
 _TRANSIENT_STATUSES: Final = frozenset({408, 425, 429})
 _UNKNOWN_STATUSES: Final = frozenset({500, 502, 504})
@@ -175,6 +178,14 @@ class Uplink:
             "endTime": rfc3339(window[1]),
         }
         url = f"{read_base}/customers/{quote(customer, safe='')}/usage"
+        return await self._get_data(url, token, params)
+
+    async def read_dimensions(self, read_base: str, token: str) -> list[dict[str, Any]]:
+        """Paigo's dimension catalog (`GET /dimensions`); LookupFailed."""
+        return await self._get_data(f"{read_base}/dimensions", token, {})
+
+    async def _get_data(self, url: str, token: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        """The `data` list of objects of a GET from Paigo's API; LookupFailed."""
         headers = {"Authorization": f"Bearer {token}"}
         try:
             async with self._session.get(
@@ -206,6 +217,19 @@ class LookupFailed(Exception):
 REFUSED_TOKEN: Final = (401, 403)  # Paigo's gateway answers a bad token with either
 
 
+async def refreshing(tokens: Tokens, call: Callable[[str], Awaitable[T]]) -> T:
+    """`call(token)` with the current token; a 401 or 403 (LookupFailed) gets one shared
+    token refresh and the call again: a 401 or 403 then is a configuration problem."""
+    token = await tokens.get()
+    try:
+        return await call(token)
+    except LookupFailed as exc:
+        if exc.status not in REFUSED_TOKEN:
+            raise
+    tokens.invalidate(token)
+    return await call(await tokens.get())
+
+
 async def read_usage_refreshing(
     upstream: Upstream,
     tokens: Tokens,
@@ -213,13 +237,7 @@ async def read_usage_refreshing(
     customer: str,
     window: tuple[datetime, datetime],
 ) -> list[dict[str, Any]]:
-    """`read_usage` with the current token; a 401 or 403 gets one shared token refresh and
-    the read again. LookupFailed (a 401 or 403 then is a configuration problem)."""
-    token = await tokens.get()
-    try:
-        return await upstream.read_usage(read_base, token, customer, window)
-    except LookupFailed as exc:
-        if exc.status not in REFUSED_TOKEN:
-            raise
-    tokens.invalidate(token)
-    return await upstream.read_usage(read_base, await tokens.get(), customer, window)
+    """`read_usage`, with one token refresh on a 401 or 403 (`refreshing`)."""
+    return await refreshing(
+        tokens, lambda token: upstream.read_usage(read_base, token, customer, window)
+    )

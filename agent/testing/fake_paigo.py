@@ -153,6 +153,7 @@ class FakePaigo:
         self.tokens: dict[str, float] = {}  # token -> expiry (Unix time)
         self.token_requests = 0
         self.reads: list[dict[str, str]] = []  # the query of every usage read
+        self.dimension_reads = 0
         self.refused_reads: list[str] = []  # why each read answered 400 was refused
         self.usage_requests: Counter[int] = Counter()  # per second (Unix time, floored)
         self.statuses: Counter[int] = Counter()
@@ -402,6 +403,7 @@ class FakePaigo:
     # --- GET /dimensions ------------------------------------------------------------------
 
     async def _dimensions(self, request: web.Request) -> web.Response:
+        self.dimension_reads += 1
         if (refused := self._refusal(request)) is not None:
             return refused
         if self.faults.dimensions_fail:
