@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -64,8 +65,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_fake_paigo(args: argparse.Namespace) -> int:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    dimensions = orjson.loads(Path(args.dimensions).read_bytes()) if args.dimensions else None
+
     async def serve() -> None:
-        fake = FakePaigo(args.client_id, args.client_secret, accept_arrays=args.accept_arrays)
+        fake = FakePaigo(
+            args.client_id,
+            args.client_secret,
+            accept_arrays=args.accept_arrays,
+            write_delay_s=args.write_delay_s,
+            dimensions=dimensions,
+        )
         url = await fake.start(args.host, args.port)
         print(f"fake Paigo on {url}: token {fake.token_url}, usage {fake.usage_url}", flush=True)
         stopping = asyncio.Event()
@@ -123,7 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     fake.add_argument("--port", type=int, default=7480)
     fake.add_argument("--client-id", default="test-client")
     fake.add_argument("--client-secret", default="test-secret")
-    fake.add_argument("--accept-arrays", action="store_true")
+    fake.add_argument("--accept-arrays", action="store_true", help="take JSON arrays (not Paigo)")
+    fake.add_argument(
+        "--dimensions", help="JSON file: the list GET /dimensions answers (Paigo's fields)"
+    )
+    fake.add_argument(
+        "--write-delay-s", type=float, default=0.0, help="a write is readable this long after 201"
+    )
     fake.set_defaults(handler=cmd_fake_paigo)
     args = parser.parse_args(argv)
     try:

@@ -42,7 +42,7 @@ async def wait_for(check: Any, seconds: float = 30) -> None:
 
 
 async def demo(directory: Path) -> None:
-    paigo = FakePaigo()
+    paigo = FakePaigo(dimensions=[{"dimensionId": "api-calls", "aggregationMethod": "sum"}])
     await paigo.start()
     config = from_mapping(
         {
@@ -72,6 +72,15 @@ async def demo(directory: Path) -> None:
         await post("POST /usage (one record)", record(1))
         await post("POST /usage (an array of 3)", [record(n) for n in (2, 3, 4)])
         await post("POST /usage (a float and a typo)", record(5, recordValue=1.5, customerID="x"))
+        await wait_for(
+            lambda: (
+                service.state is not None
+                and service.state.catalog is not None
+                and service.state.catalog.fresh
+            )
+        )
+        await post("POST /usage (1e3: Paigo would refuse it)", record(7, recordValue="1e3"))
+        await post("POST /usage (a dimension Paigo lacks)", record(7, dimensionId="api-call"))
         await post(
             "POST /usage, Idempotency-Key: order-1", record(6), **{"Idempotency-Key": "order-1"}
         )

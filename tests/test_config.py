@@ -19,6 +19,17 @@ def test_the_shipped_example_is_exactly_the_defaults():
     assert loaded == Config(source=str(ROOT / "config" / "agent.toml"))
 
 
+def test_array_mode_is_kept_for_endpoints_that_are_not_paigos():
+    data = {"upstream": {"mode": "array", "url": "https://usage.example.com/batch"}}
+    assert from_mapping(data).upstream.mode == "array"
+
+
+def test_without_the_stamp_at_least_once_sends_no_id():
+    data = {"upstream": {"stamp_records": False, "delivery": "at-least-once"}}
+    assert from_mapping(data).upstream.id_key == ""
+    assert from_mapping({}).upstream.id_key == "usageAgentRecordId"
+
+
 def test_the_systemd_example_loads():
     assert load(ROOT / "config" / "agent.systemd.toml").spool.dir == "/var/lib/usage-agent/spool"
 
@@ -36,6 +47,23 @@ def test_the_systemd_example_loads():
         ({"upstreem": {}}, "upstreem", "unknown key or section"),
         ({"ingest": {"unix_socket_mode": "rw"}}, "ingest.unix_socket_mode", "octal"),
         ({"shutdown_grace_s": -1}, "shutdown_grace_s", "negative"),
+        ({"ingest": {"unknown_fields": "ignore"}}, "ingest.unknown_fields", '"refuse" or "drop"'),
+        ({"ingest": {"max_metadata_bytes": 0}}, "ingest.max_metadata_bytes", "greater than 0"),
+        ({"upstream": {"mode": "array"}}, "upstream.mode", "Paigo has no batch endpoint"),
+        (
+            {"upstream": {"mode": "array", "url": "https://api.sandbox.paigo.tech/usage"}},
+            "upstream.mode",
+            "one record a request",
+        ),
+        ({"upstream": {"dimensions": "on"}}, "upstream.dimensions", '"auto" or "off"'),
+        ({"upstream": {"dimensions_refresh_s": 0}}, "upstream.dimensions_refresh_s", "than 0"),
+        ({"upstream": {"read_chunk_s": -1}}, "upstream.read_chunk_s", "greater than 0"),
+        ({"upstream": {"stamp_records": False}}, "upstream.stamp_records", "at-least-once"),
+        (
+            {"upstream": {"record_id_metadata_key": ""}},
+            "upstream.record_id_metadata_key",
+            "must not be empty",
+        ),
     ],
 )
 def test_bad_values_are_refused_naming_file_key_and_reason(data, key: str, words: str):

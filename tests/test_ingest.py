@@ -409,3 +409,15 @@ async def test_what_the_agent_keeps_beside_the_segments_counts_and_every_file_is
     for path in spool.dir.rglob("*"):
         if path.is_file():
             assert stat.S_IMODE(path.stat().st_mode) & 0o037 == 0, path
+
+
+async def test_unknown_fields_are_refused_by_default_and_dropped_when_configured(
+    start_agent: AgentFactory,
+):
+    strict = await start_agent()
+    status, _, body = await strict.post({**record(1), "colour": "red"})
+    assert status == 400 and 'ingest.unknown_fields = "drop"' in body["errors"][0]["message"]
+    await strict.close()
+    lenient = await start_agent(ingest={"unknown_fields": "drop"})
+    assert (await lenient.post({**record(2), "colour": "red"}))[0] == 202
+    assert await lenient.stored() == [record(2)]
