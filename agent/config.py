@@ -31,6 +31,7 @@ __all__ = [
     "RetryConfig",
     "SpoolConfig",
     "UpstreamConfig",
+    "VerifyConfig",
     "load",
 ]
 
@@ -40,6 +41,7 @@ MiB: Final = 1024 * 1024
 DEFAULT_ID_KEY: Final = "usageAgentRecordId"
 DELIVERY_MODES: Final = ("effectively-once", "at-least-once")
 UNKNOWN_FIELDS: Final = ("refuse", "drop")
+VERIFY_MODES: Final = ("auto", "all", "sample", "off")
 CATALOG_MODES: Final = ("auto", "off")
 PAIGO_DOMAIN: Final = "paigo.tech"
 
@@ -118,6 +120,15 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    mode: str = "auto"  # "all" | "sample" | "off"; "auto": "all" for Paigo's URL, else "off"
+    delay_s: float = 300.0
+    sample_fraction: float = 0.01
+    max_bytes: int = 256 * MiB
+    max_reads_per_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class RetryConfig:
     initial_backoff_s: float = 0.5
     max_backoff_s: float = 60.0
@@ -140,6 +151,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     log: LogConfig = field(default_factory=LogConfig)
     shutdown_grace_s: float = 10.0
     source: str = "<defaults>"
@@ -150,6 +162,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "ingest": IngestConfig,
     "upstream": UpstreamConfig,
     "retry": RetryConfig,
+    "verify": VerifyConfig,
     "log": LogConfig,
 }
 
@@ -298,11 +311,14 @@ _POSITIVE: Final = (
     "retry.initial_backoff_s",
     "retry.max_backoff_s",
     "retry.circuit_failures",
+    "verify.max_bytes",
+    "verify.max_reads_per_s",
 )
 _NON_NEGATIVE: Final = (
     "shutdown_grace_s",
     "upstream.linger_ms",
     "upstream.unknown_settle_s",
+    "verify.delay_s",
 )
 
 
@@ -415,8 +431,29 @@ def _check_upstream(config: Config) -> None:
             "effectively-once delivery finds records at Paigo by their stamp: set it to true, "
             'or upstream.delivery = "at-least-once"',
         )
+    _check_verify(config)
     if retry.multiplier < 1:
         raise ConfigError(src, "retry.multiplier", "must be at least 1")
+
+
+def _check_verify(config: Config) -> None:
+    src, verify = config.source, config.verify
+    if verify.mode not in VERIFY_MODES:
+        raise ConfigError(src, "verify.mode", 'must be "all", "sample", "off" or "auto"')
+    if not 0 < verify.sample_fraction <= 1:
+        raise ConfigError(src, "verify.sample_fraction", "must be more than 0 and at most 1")
+    if verify.mode in ("all", "sample") and not config.upstream.stamp_records:
+        raise ConfigError(
+            src, "verify.mode", "verification finds records by their stamp: needs stamp_records"
+        )
+
+
+def verify_mode(config: Config) -> str:
+    """The verification in force: "all", "sample" or "off" ("auto" decided by the URL)."""
+    mode = config.verify.mode
+    if mode == "auto":
+        mode = "all" if is_paigo(config.upstream.url) and config.upstream.stamp_records else "off"
+    return mode if config.upstream.enabled else "off"
 
 
 def is_paigo(url: str) -> bool:

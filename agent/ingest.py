@@ -43,6 +43,7 @@ from agent import __version__
 from agent.catalog import Catalog
 from agent.config import IngestConfig
 from agent.delivery.status import DeliveryStatus
+from agent.delivery.verify import VerifyStatus
 from agent.errors import Problem, RecordInvalid, SpoolError, SpoolFull
 from agent.http_server import HttpError, Request, Response, Routes
 from agent.idempotency import Answer, IdempotencyStore, KeyReused, fingerprint, key_problem
@@ -77,6 +78,7 @@ class IngestState:
     started_at: float = field(default_factory=time.time)
     shutting_down: bool = False
     delivery_status: Callable[[], DeliveryStatus | None] = lambda: None
+    verify_status: Callable[[], VerifyStatus | None] = lambda: None
 
 
 class Refused(Exception):
@@ -370,5 +372,6 @@ async def status(state: IngestState, request: Request) -> Response:
         "idempotency_keys": len(state.keys),
         "catalog": state.catalog.status() if state.catalog is not None else None,
         "delivery": delivery.as_dict() if delivery is not None else {},
+        "verify": verify.as_dict() if (verify := state.verify_status()) is not None else None,
     }
     return json_response(200, body)

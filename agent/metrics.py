@@ -21,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from agent.delivery.status import DeliveryStatus
+from agent.delivery.verify import VerifyStatus
 from agent.spool import Spool
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5)
@@ -66,6 +67,9 @@ class Metrics:
 
     def watch_sender(self, status: Callable[[], DeliveryStatus]) -> None:
         self.registry.register(_SenderCollector(status))
+
+    def watch_verifier(self, status: Callable[[], VerifyStatus]) -> None:
+        self.registry.register(_VerifyCollector(status))
 
     # SpoolObserver
     def fsynced(self, seconds: float) -> None:
@@ -174,6 +178,52 @@ class _SpoolCollector(Collector):
             "usage_agent_spool_oldest_unsent_age_seconds",
             "Age of the oldest record not yet delivered (0 when none).",
             value=age or 0.0,
+        )
+
+
+class _VerifyCollector(Collector):
+    def __init__(self, status: Callable[[], VerifyStatus]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterable[Metric]:
+        state = self._status()
+        counters = {
+            "usage_agent_verified": (
+                "Delivered records read back from Paigo as sent.",
+                state.verified,
+            ),
+            "usage_agent_repaired": (
+                "Delivered records found missing at Paigo and sent again.",
+                state.repaired,
+            ),
+            "usage_agent_doubles_detected": (
+                "Delivered records Paigo holds more than once (or with other fields).",
+                state.doubles_detected + state.differing,
+            ),
+            "usage_agent_verify_reads": (
+                "Reads of Paigo's usage API for verification.",
+                state.reads,
+            ),
+            "usage_agent_verify_reads_failed": (
+                "Verification rounds that failed.",
+                state.reads_failed,
+            ),
+            "usage_agent_verify_skipped": (
+                "Delivered records not kept for verification (its spool full or failing).",
+                state.skipped,
+            ),
+        }
+        for name, (text, value) in counters.items():
+            yield CounterMetricFamily(name, text, value=value)
+        yield GaugeMetricFamily(
+            "usage_agent_unverified_records",
+            "Delivered records waiting to be verified.",
+            value=state.unverified,
+        )
+        yield GaugeMetricFamily(
+            "usage_agent_unverified_oldest_age_seconds",
+            "Seconds since the oldest unverified record was delivered (0: none).",
+            value=state.oldest_unverified_age_s or 0.0,
         )
 
 

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from agent import __version__
 from agent.catalog import Catalog, CatalogUnavailable
-from agent.config import Config, IngestConfig, parse_listen, socket_mode
+from agent.config import Config, IngestConfig, parse_listen, socket_mode, verify_mode
 from agent.delivery import deadletter
 from agent.delivery.auth import TokenError, TokenManager
 from agent.delivery.deadletter import DeadLetterFile
@@ -37,6 +37,7 @@ from agent.delivery.exits import Exits
 from agent.delivery.ledger import Ledger
 from agent.delivery.sender import Sender
 from agent.delivery.uplink import LookupFailed, Uplink, refreshing
+from agent.delivery.verify import Verifier
 from agent.errors import AgentError
 from agent.http_server import HttpServer, Limits
 from agent.idempotency import IdempotencyStore
@@ -185,11 +186,12 @@ class Service:
         self._stack.push_async_callback(ledger.stop)
         self.spool.space.count_also(lambda: ledger.bytes_used)
         dead_letters = DeadLetterFile(deadletter.path_in(self.config.spool.dir))
+        verifier = await self._start_verifier(uplink, tokens, dead_letters)
         sender = Sender(
             self.spool,
             uplink,
             tokens,
-            Exits(self.spool, ledger, dead_letters, upstream.id_key),
+            Exits(self.spool, ledger, dead_letters, upstream.id_key, verifier),
             ledger,
             upstream=upstream,
             retry=self.config.retry,
@@ -203,6 +205,31 @@ class Service:
         self.metrics.watch_sender(sender.status)
         state.delivery_status = sender.status
         self.sender = sender
+        if verifier is not None:
+            gate = sender.gate
+            verifier.blocked = lambda: gate.paused_for() > 0 or gate.circuit_open
+            self.metrics.watch_verifier(verifier.snapshot)
+            state.verify_status = verifier.snapshot
+
+    async def _start_verifier(
+        self, uplink: Uplink, tokens: TokenManager, dead_letters: DeadLetterFile
+    ) -> Verifier | None:
+        mode = verify_mode(self.config)
+        if mode == "off" or not self.config.upstream.id_key:
+            return None
+        verifier = Verifier(
+            self.config,
+            uplink,
+            tokens,
+            dead_letters,
+            mode=mode,
+            reserve=self.spool.space.reserve,
+            ack=self.spool.ack,
+        )
+        await verifier.start()
+        self._stack.push_async_callback(verifier.stop)
+        self.spool.space.count_also(lambda: verifier.bytes_used)
+        return verifier
 
     async def _start_catalog(self, uplink: Uplink, tokens: TokenManager) -> Catalog:
         """Paigo's dimension catalog: the one kept on disk now, refreshed in the background

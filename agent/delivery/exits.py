@@ -6,10 +6,15 @@ letter first, then leave through it):
 
 | reason          | what happened                                       | written first        |
 |-----------------|-----------------------------------------------------|----------------------|
-| `delivered`     | the upstream answered 2xx                           | deliveries file      |
-| `found`         | an unknown outcome, and Paigo was found to hold it  | deliveries file      |
+| `delivered`     | the upstream answered 2xx                           | deliveries file,     |
+|                 |                                                     | verify spool         |
+| `found`         | an unknown outcome, and Paigo was found to hold it  | deliveries file,     |
+|                 |                                                     | verify spool         |
 | `dead_lettered` | the upstream refused it for good (400, 422, 413)    | dead letter, fsynced |
 | `unreadable`    | a spool entry that is not a record this agent reads | dead letter, fsynced |
+
+With verification on (`agent.delivery.verify`), delivered and found records are
+acknowledged by the verifier, once their verify-spool entry is durable.
 
 A dead letter that cannot be written keeps its record unacknowledged (`dead_letter`
 returns False): it is tried again, never lost. The counts by reason are the
@@ -48,11 +53,23 @@ class Acknowledging(Protocol):
     def ack(self, seqs: Sequence[int]) -> None: ...
 
 
+class Verifying(Protocol):
+    """What exits need of the verifier."""
+
+    def note(self, items: Sequence[Item]) -> None: ...
+
+
 class Exits:
     def __init__(
-        self, spool: Acknowledging, ledger: Ledger, dead_letters: DeadLetterFile, id_key: str
+        self,
+        spool: Acknowledging,
+        ledger: Ledger,
+        dead_letters: DeadLetterFile,
+        id_key: str,
+        verifier: Verifying | None = None,
     ) -> None:
         self._spool = spool
+        self._verifier = verifier
         self._ledger = ledger
         self._dead = dead_letters
         self._id_key = id_key
@@ -62,11 +79,14 @@ class Exits:
     def leave(self, items: Sequence[Item], reason: Reason) -> None:
         """Take `items` out of the agent's care for `reason`: delivered and found records
         are noted for the deliveries file; all are acknowledged and counted."""
-        # without a stable id upstream there is nothing to reconcile by
+        self.counts[reason] += len(items)
+        # without a stable id upstream there is nothing to reconcile or verify by
         if self._id_key and (reason is Reason.DELIVERED or reason is Reason.FOUND):
             self._ledger.note([(item.id, item.fields) for item in items])
+            if self._verifier is not None:
+                self._verifier.note(items)  # acknowledged once kept for verification
+                return
         self._spool.ack([item.seq for item in items])
-        self.counts[reason] += len(items)
 
     async def dead_letter(self, items: Sequence[Item], reply: Reply) -> bool:
         """Write `items` to the dead-letter file (durably), then let them leave. False

@@ -14,8 +14,9 @@ sends `aggregationInterval=none`, `aggregationPurpose=metering`,
 * what comes back is compared by `compare`: the stamp (`metadata[upstream.id_key]`) finds
   the record, then its value is compared as a number (Paigo stores a 64-bit float and prints
   it back: "1.50" reads as "1.5") and its timestamp as an instant to the millisecond (what
-  Paigo stores). The effectively-once check (`agent.delivery.recheck`) and `usage-agent
-  reconcile` share it, so they cannot disagree.
+  Paigo stores). The effectively-once check (`agent.delivery.recheck`), verification
+  (`agent.delivery.verify`) and `usage-agent reconcile` share it, and the last two share
+  `verdict`, so they cannot disagree.
 
 Pure: no I/O.
 """
@@ -23,7 +24,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -70,6 +71,13 @@ class Match(enum.Enum):
     DIFFERS = "differs"  # a record with this stamp, but another value or instant
 
 
+class Verdict(enum.Enum):
+    VERIFIED = "verified"  # held once, as sent
+    MISSING = "missing"  # not held
+    DOUBLED = "doubled"  # held more than once
+    DIFFERS = "differs"  # held once, with another value or instant
+
+
 def compare(sent: Mapping[str, object], held: Mapping[str, Any]) -> Match:
     """`held` (a usage entry of a read, carrying the record's stamp) against what was sent
     (`timestamp` and `recordValue`, as the record or the deliveries file has them)."""
@@ -79,6 +87,24 @@ def compare(sent: Mapping[str, object], held: Mapping[str, Any]) -> Match:
     except (KeyError, TypeError, ValueError):
         return Match.DIFFERS
     return Match.SAME if same_value and same_instant else Match.DIFFERS
+
+
+def verdict(sent: Mapping[str, object], held: Sequence[Mapping[str, Any]]) -> Verdict:
+    """What Paigo holds of a delivered record: `held` are the entries of a read that carry
+    its stamp. (The one judgement of `reconcile` and of verification.)"""
+    if not held:
+        return Verdict.MISSING
+    if len(held) > 1:
+        return Verdict.DOUBLED
+    return Verdict.VERIFIED if compare(sent, held[0]) is Match.SAME else Verdict.DIFFERS
+
+
+def by_stamp(groups: list[dict[str, Any]], id_key: str) -> dict[str, list[dict[str, Any]]]:
+    """The entries of a read that carry a stamp, by stamp."""
+    held: dict[str, list[dict[str, Any]]] = {}
+    for stamp, usage in stamped(groups, id_key):
+        held.setdefault(stamp, []).append(usage)
+    return held
 
 
 def stamped(

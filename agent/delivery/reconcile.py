@@ -27,7 +27,7 @@ import orjson
 from agent.config import Config
 from agent.delivery.auth import TokenManager
 from agent.delivery.ledger import read_deliveries
-from agent.delivery.reads import Match, chunks, compare, instant, latest_end, rfc3339, stamped
+from agent.delivery.reads import Verdict, by_stamp, chunks, instant, latest_end, rfc3339, verdict
 from agent.delivery.uplink import Uplink, read_usage_refreshing
 
 
@@ -93,8 +93,8 @@ async def reconcile(config: Config, since: str, until: str, now: float | None = 
                 groups = await read_usage_refreshing(
                     uplink, tokens, upstream.read_base, customer, window
                 )
-                for stamp, usage in stamped(groups, upstream.id_key):
-                    held.setdefault(stamp, []).append(usage)
+                for stamp, found in by_stamp(groups, upstream.id_key).items():
+                    held.setdefault(stamp, []).extend(found)
             _compare(report, lines, held, delivered)
     return report
 
@@ -107,13 +107,13 @@ def _compare(
 ) -> None:
     """One customer's delivered lines against the entries Paigo holds, by stamp."""
     for line in lines:
-        found = held.get(str(line["k"]), [])
-        if not found:
+        key = str(line["k"])
+        found = held.get(key, [])
+        judged = verdict({"timestamp": line["t"], "recordValue": line["v"]}, found)
+        if judged is Verdict.MISSING:
             report.missing.append(line)
-            continue
-        sent = {"timestamp": line["t"], "recordValue": line["v"]}
-        report.differs += [
-            (line, usage) for usage in found if compare(sent, usage) is Match.DIFFERS
-        ]
-    report.doubled += [(key, len(found)) for key, found in sorted(held.items()) if len(found) > 1]
+        elif judged is Verdict.DOUBLED:
+            report.doubled.append((key, len(found)))
+        elif judged is Verdict.DIFFERS:
+            report.differs.append((line, found[0]))
     report.unknown_to_ledger += sorted(key for key in held if key not in delivered)

@@ -21,14 +21,15 @@ from agent.spool.spool import Spool
 SIDE_SEGMENT_BYTES: Final = 256 * 1024
 
 
-def side_spool(main: SpoolConfig, name: str, max_bytes: int) -> Spool:
-    """The side spool `<main.dir>/<name>`, holding at most `max_bytes` (not opened yet)."""
+def side_spool(main: SpoolConfig, name: str, max_bytes: int, *, reserve: int = 0) -> Spool:
+    """The side spool `<main.dir>/<name>`, holding at most `max_bytes` (not opened yet).
+    `reserve`: free space it leaves (0: it may use the ingest reserve, as the ledger may)."""
     segment = min(SIDE_SEGMENT_BYTES, max_bytes)
     config = replace(
         main,
         dir=f"{main.dir.rstrip('/')}/{name}",
         fsync="always",
-        min_free_bytes=0,
+        min_free_bytes=reserve,
         segment_bytes=segment,
         max_bytes=max_bytes,
         preallocate=True,

@@ -33,8 +33,9 @@ Test hooks: `received` lists every write answered 201 (a resend that was stored 
 there twice, though the store holds one point); `points` is the store. Faults (attributes of
 `Faults`, also `POST /_fake/faults`): fail the next N usage requests with a status (and
 Retry-After), delay answers, drop connections, refuse customers (400) or answer 404 for
-them, the outcome-unknown trio (store then drop, store then 504, 504 without storing), and
-failing reads. `GET /_fake/records`, `GET /_fake/stats`, `POST /_fake/reset`.
+them, the outcome-unknown trio (store then drop, store then 504, 504 without storing),
+losses after the 201 (`store-nothing-after-201`, `lose-later`: `lost_after_201` lists
+them), and failing reads. `GET /_fake/records`, `GET /_fake/stats`, `POST /_fake/reset`.
 
 It is what `make demo` and the project's tests deliver to; `usage-agent fake-paigo` runs it.
 """
@@ -96,6 +97,7 @@ class Point:
     ms: int  # the timestamp, in milliseconds since the epoch
     value: float
     visible_at: float
+    gone_at: float = float("inf")  # a lose-later fault drops it then
 
 
 @dataclass
@@ -122,6 +124,12 @@ class Faults:
     reads_fail_next: int = 0  # the next N usage reads get reads_fail_status
     reads_fail_status: int = 503
     dimensions_fail: int = 0  # GET /dimensions answers this status (0: no fault)
+    # Losses after a 201 (Paigo's write is asynchronous, and a failed one only logged), as
+    # shares of the records answered 201; over HTTP also "store-nothing-after-201" and
+    # "lose-later":
+    store_nothing_after_201: float = 0.0  # answered 201, never stored
+    lose_later: float = 0.0  # stored, then gone after lose_later_after_s
+    lose_later_after_s: float = 1.0
 
 
 class FakePaigo:
@@ -154,6 +162,7 @@ class FakePaigo:
         self.token_requests = 0
         self.reads: list[dict[str, str]] = []  # the query of every usage read
         self.dimension_reads = 0
+        self.lost_after_201: list[Received] = []  # the writes a loss fault dropped
         self.refused_reads: list[str] = []  # why each read answered 400 was refused
         self.usage_requests: Counter[int] = Counter()  # per second (Unix time, floored)
         self.statuses: Counter[int] = Counter()
@@ -322,11 +331,19 @@ class FakePaigo:
         received = Received(record, invoice, time.time())
         self.received.append(received)
         point = self._point(received)
-        if point is not None:  # else the write after the 201 fails, logged only at Paigo
+        if point is not None and self._draw(self.faults.store_nothing_after_201):
+            self.lost_after_201.append(received)
+        elif point is not None:  # else the write after the 201 fails, logged only at Paigo
+            if self._draw(self.faults.lose_later):
+                point.gone_at = received.at + self.faults.lose_later_after_s
+                self.lost_after_201.append(received)
             self.points[self._identity(record, point.ms)] = point
         if invoice and (why := self._cannot_invoice(record)) is not None:
             return 400, [why]  # stored first, then refused, as Paigo does
         return 201, []
+
+    def _draw(self, rate: float) -> bool:
+        return rate > 0 and self._random.random() < rate
 
     def _point(self, received: Received) -> Point | None:
         moment = instant(received.record["timestamp"])
@@ -398,7 +415,8 @@ class FakePaigo:
         return self.customers.get(customer_id) or Customer()
 
     def _all_points(self) -> list[Point]:
-        return [*self.points.values(), *self._extra_points]
+        now = time.time()
+        return [p for p in (*self.points.values(), *self._extra_points) if p.gone_at > now]
 
     # --- GET /dimensions ------------------------------------------------------------------
 
@@ -417,13 +435,14 @@ class FakePaigo:
 
     async def _set_faults(self, request: web.Request) -> web.Response:
         changes = orjson.loads(await request.read())
-        for key, value in changes.items():
+        for name, value in changes.items():
+            key = name.replace("-", "_")
             if key == "expire_tokens":
                 self.expire_tokens()
             elif hasattr(self.faults, key):
                 setattr(self.faults, key, set(value) if key.endswith("customers") else value)
             else:
-                return _json(400, {"error": f"unknown fault {key!r}"})
+                return _json(400, {"error": f"unknown fault {name!r}"})
         return _json(200, {"ok": True})
 
     async def _records(self, request: web.Request) -> web.Response:

@@ -109,6 +109,16 @@ async def test_invoice_records_are_ordered_per_pair_and_carry_the_flag(
     assert all(r.invoice for r in paigo.received)
 
 
+async def test_invoice_false_never_reaches_paigo_which_would_read_it_as_true(
+    start_agent: AgentFactory, paigo: FakePaigo
+):
+    agent = await start_agent(**delivering(paigo))
+    for value in ("false", "no", "0"):
+        assert (await agent.post(record(1), params={"invoice": value}))[0] == 202
+    await eventually(lambda: len(paigo.records) >= 3, what="delivery")
+    assert [r.invoice for r in paigo.received] == [False, False, False]
+
+
 @pytest.mark.parametrize("delivery", ["at-least-once", "effectively-once"])
 async def test_two_genuine_identical_records_are_two_points_at_paigo(
     start_agent: AgentFactory, paigo: FakePaigo, delivery: str
