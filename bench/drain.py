@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from ingest import RECORD, WRK_SCRIPT, free_port, wait_port, wrk  # bench/ingest
 from agent.config import SpoolConfig
 from agent.records import Envelope, encode_envelope
 from agent.spool import Spool
+from agent.testing.fake_paigo import AUDIENCE
 
 
 async def fill(directory: Path, count: int) -> None:
@@ -84,20 +87,28 @@ def drain(root: Path, fake_url: str, case: Case, records: int) -> tuple[float, f
         f'mode = "{case.mode}"\ndelivery = "{case.delivery}"\nunknown_settle_s = {SETTLE_S}\n'
         'concurrency = 64\nbatch_max_records = 500\n[log]\nlevel = "WARNING"\n'
     )
-    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)])
-    wait_port(agent_port)  # the rate counts from readiness: process start-up is not drain
-    started = time.perf_counter()
-    status_url = f"http://127.0.0.1:{agent_port}/status"
     try:
-        while call(status_url)["spool"]["backlog_records"]:  # type: ignore[index]
+        elapsed, cpu = run_agent(config, agent_port, lambda s: not s["spool"]["backlog_records"])
+    finally:
+        call(f"{fake_url}/_fake/faults", {"store_then_drop_rate": 0, "store_then_504_rate": 0})
+    return records / elapsed, cpu / records * 10_000
+
+
+def run_agent(
+    config: Path, port: int, done: Callable[[dict[str, Any]], bool]
+) -> tuple[float, float]:
+    """Run the agent with `config` until its /status is `done`: (seconds from readiness,
+    the agent's CPU seconds). Process start-up is not counted."""
+    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)])
+    wait_port(port)
+    started = time.perf_counter()
+    try:
+        while not done(call(f"http://127.0.0.1:{port}/status")):
             time.sleep(0.05)
-        elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(agent.pid)
+        return time.perf_counter() - started, cpu_seconds(agent.pid)
     finally:
         agent.terminate()
         agent.wait(timeout=30)
-        call(f"{fake_url}/_fake/faults", {"store_then_drop_rate": 0, "store_then_504_rate": 0})
-    return records / elapsed, cpu / records * 10_000
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,7 @@ def ceilings(root: Path, fake_url: str, seconds: float) -> tuple[float, float]:
     token = call(
         f"{fake_url}/oauth/token",
         {
-            "audience": "x",
+            "audience": AUDIENCE,
             "grant_type": "client_credentials",
             "client_id": "test-client",
             "client_secret": "test-secret",
@@ -146,16 +157,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench/drain.py needs wrk: apt-get install wrk")
-    root = Path(tempfile.mkdtemp(prefix="bench-drain-", dir=args.dir))
-    port = free_port()
-    fake = subprocess.Popen(
-        [sys.executable, "-m", "agent", "fake-paigo", "--port", str(port), "--accept-arrays"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    fake_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_port(port)
+    with stand_in("bench-drain-", args.dir, "--accept-arrays") as (root, fake_url):
         single_ceiling, array_ceiling = ceilings(root, fake_url, args.seconds)
         print(
             f"stand-in ceiling (wrk straight to it): single {single_ceiling:,.0f} req/s "
@@ -170,6 +172,21 @@ def main() -> None:
             cells = (case.mode, case.delivery, f"{case.unknown_rate:.0%}", f"{rate:,.0f}")
             cells += (f"{cpu:.2f}", f"{ceiling:,.0f}", f"{rate / ceiling:.2f}")
             print(" ".join(f"{c:>16}" for c in cells))
+
+
+@contextlib.contextmanager
+def stand_in(prefix: str, directory: str | None, *flags: str) -> Iterator[tuple[Path, str]]:
+    """A scratch directory and the URL of the Paigo stand-in, run as its own process."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=directory))
+    port = free_port()
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "agent", "fake-paigo", "--port", str(port), *flags],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port)
+        yield root, f"http://127.0.0.1:{port}"
     finally:
         fake.terminate()
         fake.wait(timeout=30)

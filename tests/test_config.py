@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import Config, ConfigError, from_mapping, load
+from agent.config import Config, ConfigError, from_mapping, load, verify_mode
 
 ROOT = Path(__file__).parent.parent
 
@@ -28,6 +28,14 @@ def test_without_the_stamp_at_least_once_sends_no_id():
     data = {"upstream": {"stamp_records": False, "delivery": "at-least-once"}}
     assert from_mapping(data).upstream.id_key == ""
     assert from_mapping({}).upstream.id_key == "usageAgentRecordId"
+
+
+def test_verification_is_on_for_paigos_url_and_off_elsewhere_by_default():
+    assert verify_mode(from_mapping({})) == "all"
+    elsewhere = {"upstream": {"url": "http://127.0.0.1:9/usage"}}
+    assert verify_mode(from_mapping(elsewhere)) == "off"
+    assert verify_mode(from_mapping({**elsewhere, "verify": {"mode": "sample"}})) == "sample"
+    assert verify_mode(from_mapping({"upstream": {"enabled": False}})) == "off"
 
 
 def test_the_systemd_example_loads():
@@ -59,6 +67,17 @@ def test_the_systemd_example_loads():
         ({"upstream": {"dimensions_refresh_s": 0}}, "upstream.dimensions_refresh_s", "than 0"),
         ({"upstream": {"read_chunk_s": -1}}, "upstream.read_chunk_s", "greater than 0"),
         ({"upstream": {"stamp_records": False}}, "upstream.stamp_records", "at-least-once"),
+        ({"verify": {"mode": "some"}}, "verify.mode", '"all", "sample", "off"'),
+        ({"verify": {"sample_fraction": 0}}, "verify.sample_fraction", "more than 0"),
+        ({"verify": {"delay_s": -1}}, "verify.delay_s", "negative"),
+        (
+            {
+                "upstream": {"stamp_records": False, "delivery": "at-least-once"},
+                "verify": {"mode": "all"},
+            },
+            "verify.mode",
+            "stamp",
+        ),
         (
             {"upstream": {"record_id_metadata_key": ""}},
             "upstream.record_id_metadata_key",

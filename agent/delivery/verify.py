@@ -65,8 +65,9 @@ from agent.spool.side import side_spool
 log = logging.getLogger(__name__)
 
 FLUSH_S: Final = 0.05  # how often delivered records are written to the verify spool
-READ_AHEAD: Final = 5000  # entries held in memory, waiting for their delay
-BATCH: Final = 1000  # entries verified in one round
+READ_AHEAD: Final = 20_000  # entries held in memory (about 10 MB), waiting for their delay
+BATCH: Final = 20_000  # entries verified in one round: the more, the more records a read holds
+MAX_GATHER_S: Final = 60.0  # a due entry waits at most this long for others to join it
 REPORTED_IDS: Final = 20  # the latest doubled ids kept for /status
 ONE_MS: Final = timedelta(milliseconds=1)
 
@@ -179,6 +180,7 @@ class Verifier:
         self._pending: list[tuple[int, Delivered | None]] = []  # (usage seq, entry to keep)
         self._queue: deque[tuple[int, Delivered]] = deque()  # (verify seq, entry), in order
         self._next_read = 0.0
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self.status = VerifyStatus(mode)
         self._doubled: deque[str] = deque(maxlen=REPORTED_IDS)
@@ -193,15 +195,18 @@ class Verifier:
         self._spool.open()
         await self._spool.start()
         self._tasks = [
-            asyncio.create_task(self._flush_loop(), name="verify-flush"),
             asyncio.create_task(self._verify_loop(), name="verify"),
+            asyncio.create_task(self._flush_loop(), name="verify-flush"),
         ]
 
     async def stop(self) -> None:
-        """Write what was delivered (and acknowledge it), then close the verify spool."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Write what was delivered (and acknowledge it), then close the verify spool. A
+        round under way is cancelled: what it had not finished is verified after the next
+        start. A flush is never cancelled (its records would stay unacknowledged)."""
+        self._stopping = True
+        verifying, flushing = self._tasks
+        verifying.cancel()
+        await asyncio.gather(verifying, flushing, return_exceptions=True)
         self._tasks = []
         await self._flush()
         await self._spool.close()
@@ -220,7 +225,7 @@ class Verifier:
         return self._fraction >= 1.0 or zlib.crc32(record_id.encode()) < self._fraction * 2**32
 
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(FLUSH_S)
             await self._flush()
 
@@ -242,9 +247,12 @@ class Verifier:
     async def _verify_loop(self) -> None:
         failures = 0
         while True:
+            if self.blocked():  # delivery is backing off: so do reads
+                await asyncio.sleep(1.0)
+                continue
             due = await self._due()
-            if not due or self.blocked():
-                await asyncio.sleep(1.0 if due else self._wait_s())
+            if not due:
+                await asyncio.sleep(self._wait_s())
                 continue
             try:
                 await self._round(due)
@@ -270,15 +278,23 @@ class Verifier:
         return min(1.0, max(0.05, self._queue[0][1].at + self._config.delay_s - self._clock()))
 
     async def _due(self) -> list[tuple[int, Delivered]]:
-        """The entries whose delay has passed, oldest first (at most BATCH)."""
+        """The entries whose delay has passed, oldest first (at most BATCH): once BATCH
+        are due, or the oldest has waited a quarter of the delay more (at most a minute),
+        so that one read holds many records of a customer."""
         if len(self._queue) < READ_AHEAD:
             for found in await self._spool.read(READ_AHEAD - len(self._queue)):
                 self._queue.append((found.seq, Delivered.decode(found.payload)))
         self._update_status()
-        horizon = self._clock() - self._config.delay_s
+        delay = self._config.delay_s
+        horizon = self._clock() - delay
+        queue = self._queue
+        gathered = bool(queue) and queue[0][1].at <= horizon - min(delay / 4, MAX_GATHER_S)
+        full = len(queue) >= BATCH and queue[BATCH - 1][1].at <= horizon
+        if not gathered and not full:
+            return []
         due: list[tuple[int, Delivered]] = []
-        while self._queue and len(due) < BATCH and self._queue[0][1].at <= horizon:
-            due.append(self._queue.popleft())
+        while queue and len(due) < BATCH and queue[0][1].at <= horizon:
+            due.append(queue.popleft())
         return due
 
     def _update_status(self) -> None:
@@ -300,20 +316,21 @@ class Verifier:
             if moment + ONE_MS > latest:
                 later.append((seq, entry))  # its instant cannot be read yet
                 continue
-            groups.setdefault((entry.customer, int(moment.timestamp() // chunk)), []).append(
-                (seq, entry)
-            )
-        await self._again(later)
-        remaining = list(groups.values())
+            key = (entry.customer, int(moment.timestamp() // chunk))
+            groups.setdefault(key, []).append((seq, entry))
+        finished: set[int] = set()
         try:
-            while remaining:
-                await self._judge(remaining[0])
-                remaining.pop(0)
+            await self._again(later)
+            finished.update(seq for seq, _ in later)
+            for group in groups.values():
+                await self._judge(group, finished)
         except VerifyFailed:
-            self._queue.extendleft(reversed([pair for group in remaining for pair in group]))
+            self._queue.extendleft(reversed([pair for pair in due if pair[0] not in finished]))
             raise
 
-    async def _judge(self, group: list[tuple[int, Delivered]]) -> None:
+    async def _judge(self, group: list[tuple[int, Delivered]], finished: set[int]) -> None:
+        """Read one customer's window back and act on each entry's verdict; the seqs of
+        the entries dealt with go into `finished`."""
         moments = [instant(entry.timestamp) for _, entry in group]
         window = (min(moments), max(moments) + ONE_MS)
         await self._pace()
@@ -325,7 +342,7 @@ class Verifier:
             raise VerifyFailed(f"reading back {group[0][1].customer!r}: {exc}") from None
         self.status.reads += 1
         held = by_stamp(read, self._upstream.id_key)
-        done, repair = [], []
+        repair = []
         for seq, entry in group:
             sent = {"timestamp": entry.timestamp, "recordValue": entry.value}
             judged = verdict(sent, held.get(entry.id, []))
@@ -333,10 +350,11 @@ class Verifier:
                 repair.append((seq, entry))
                 continue
             self._count(entry, judged)
-            done.append(seq)
-        self._spool.ack(done)
-        for pair in repair:
-            await self._repair(*pair)
+            self._spool.ack([seq])
+            finished.add(seq)
+        for seq, entry in repair:
+            await self._repair(seq, entry)
+            finished.add(seq)
 
     def _count(self, entry: Delivered, judged: Verdict) -> None:
         if judged is Verdict.VERIFIED:

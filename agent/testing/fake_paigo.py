@@ -30,12 +30,13 @@ Observed, and copied:
   timestamps are read back as `toISOString` prints them.
 
 Test hooks: `received` lists every write answered 201 (a resend that was stored twice is
-there twice, though the store holds one point); `points` is the store. Faults (attributes of
-`Faults`, also `POST /_fake/faults`): fail the next N usage requests with a status (and
-Retry-After), delay answers, drop connections, refuse customers (400) or answer 404 for
-them, the outcome-unknown trio (store then drop, store then 504, 504 without storing),
-losses after the 201 (`store-nothing-after-201`, `lose-later`: `lost_after_201` lists
-them), and failing reads. `GET /_fake/records`, `GET /_fake/stats`, `POST /_fake/reset`.
+there twice, though the store holds one point); `stored()` is what the store holds. Faults
+(attributes of `Faults`, also `POST /_fake/faults`): fail the next N usage requests with a
+status (and Retry-After), delay answers, drop connections, refuse customers (400) or
+answer 404 for them, the outcome-unknown trio (store then drop, store then 504, 504
+without storing), losses after the 201 (`store-nothing-after-201`, `lose-later`:
+`lost_after_201` lists them), and failing reads. `GET /_fake/records`,
+`GET /_fake/stats`, `POST /_fake/reset`.
 
 It is what `make demo` and the project's tests deliver to; `usage-agent fake-paigo` runs it.
 """
@@ -156,7 +157,8 @@ class FakePaigo:
         self.customers = customers or {}
         self.faults = Faults()
         self.received: list[Received] = []
-        self.points: dict[tuple[str, str, bytes, int], Point] = {}
+        # the store: customer -> point identity -> point (a read touches one customer's)
+        self._points: dict[str, dict[tuple[str, bytes, int], Point]] = {}
         self._extra_points: list[Point] = []  # doubles made behind the agent's back
         self.tokens: dict[str, float] = {}  # token -> expiry (Unix time)
         self.token_requests = 0
@@ -226,9 +228,10 @@ class FakePaigo:
 
     def delete(self, received: Received) -> None:
         """Lose a stored record behind the agent's back."""
-        for key, point in list(self.points.items()):
+        points = self._points.get(received.record["customerId"], {})
+        for key, point in list(points.items()):
             if point.received is received:
-                del self.points[key]
+                del points[key]
 
     def duplicate(self, received: Received) -> None:
         """Hold a record a second time behind the agent's back (Paigo's store cannot do this
@@ -337,7 +340,7 @@ class FakePaigo:
             if self._draw(self.faults.lose_later):
                 point.gone_at = received.at + self.faults.lose_later_after_s
                 self.lost_after_201.append(received)
-            self.points[self._identity(record, point.ms)] = point
+            self._points.setdefault(customer, {})[self._identity(record, point.ms)] = point
         if invoice and (why := self._cannot_invoice(record)) is not None:
             return 400, [why]  # stored first, then refused, as Paigo does
         return 201, []
@@ -353,9 +356,10 @@ class FakePaigo:
         return Point(received, epoch_ms(moment), value, received.at + self.write_delay_s)
 
     @staticmethod
-    def _identity(record: dict[str, Any], ms: int) -> tuple[str, str, bytes, int]:
+    def _identity(record: dict[str, Any], ms: int) -> tuple[str, bytes, int]:
+        """A point's identity within its customer: dimension, metadata, millisecond."""
         metadata = orjson.dumps(record.get("metadata") or {}, option=orjson.OPT_SORT_KEYS)
-        return record["customerId"], record["dimensionId"], metadata, ms
+        return record["dimensionId"], metadata, ms
 
     def _cannot_invoice(self, record: dict[str, Any]) -> str | None:
         dimension = self._dimension(record["dimensionId"])
@@ -390,9 +394,9 @@ class FakePaigo:
             start = max(start, customer.enrolled_at)
         first, last = epoch_ms(start), epoch_ms(end)
         by_dimension: dict[str, list[dict[str, Any]]] = {}
-        for point in sorted(self._all_points(), key=lambda p: p.ms):
+        for point in sorted(self._all_points(customer_id), key=lambda p: p.ms):
             record = point.received.record
-            if record["customerId"] != customer_id or not first <= point.ms < last:
+            if not first <= point.ms < last:
                 continue
             if point.visible_at > time.time():
                 continue
@@ -414,9 +418,17 @@ class FakePaigo:
     def _customer(self, customer_id: str) -> Customer:
         return self.customers.get(customer_id) or Customer()
 
-    def _all_points(self) -> list[Point]:
+    def _all_points(self, customer: str | None = None) -> list[Point]:
+        """The points held now (of one customer, or of all)."""
         now = time.time()
-        return [p for p in (*self.points.values(), *self._extra_points) if p.gone_at > now]
+        if customer is None:
+            held = [p for points in self._points.values() for p in points.values()]
+        else:
+            held = list(self._points.get(customer, {}).values())
+        extra = [
+            p for p in self._extra_points if customer in (None, p.received.record["customerId"])
+        ]
+        return [p for p in (*held, *extra) if p.gone_at > now]
 
     # --- GET /dimensions ------------------------------------------------------------------
 
@@ -450,7 +462,7 @@ class FakePaigo:
 
     async def _reset(self, request: web.Request) -> web.Response:
         self.received.clear()
-        self.points.clear()
+        self._points.clear()
         self._extra_points.clear()
         self.usage_requests.clear()
         self.statuses.clear()
@@ -465,6 +477,8 @@ class FakePaigo:
                 "token_requests": self.token_requests,
                 "records": len(self.received),
                 "points": len(self._all_points()),
+                "reads": len(self.reads),
+                "lost_after_201": len(self.lost_after_201),
             },
         )
 
