@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit demo bench clean
+.PHONY: test lint typecheck unit demo bench clean crash-states
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ unit: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# Release check: the power-cut crash states with four times the sample of `make test`.
+crash-states: $(STAMP)
+	CRASH_STATES_PER_POINT=16 $(BIN)/pytest -q -s tests/spool/test_power_cut.py
 
 demo: $(STAMP)
 	$(BIN)/python -m agent.demo

@@ -23,7 +23,12 @@ def open_private(path: Path, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
 
 
-def write_all_appending(fd: int, data: bytes) -> None:
+def append_lines(fd: int, data: bytes) -> None:
+    """Append lines to a file opened `O_RDWR | O_APPEND`. A last line that a crash cut short
+    is ended first: it stays one unreadable line, and the new ones are whole."""
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        data = b"\n" + data
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

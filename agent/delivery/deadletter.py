@@ -36,7 +36,7 @@ from typing import Final
 import aiofiles.os
 import orjson
 
-from agent.fsio import fsync_dir, json_lines, open_private, write_all_appending
+from agent.fsio import append_lines, fsync_dir, json_lines, open_private
 
 MAX_BODY_CHARS: Final = 4096
 FILE_NAME: Final = "deadletter.jsonl"
@@ -84,11 +84,11 @@ class DeadLetterFile:
 
 
 def _append_locked(path: Path, data: bytes) -> None:
-    fd = open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    fd = open_private(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         made = os.fstat(fd).st_size == 0
-        write_all_appending(fd, data)
+        append_lines(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)  # releases the lock

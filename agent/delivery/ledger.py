@@ -36,7 +36,7 @@ import aiofiles.os
 import orjson
 
 from agent.config import MiB, SpoolConfig
-from agent.fsio import json_lines, open_private, write_all_appending
+from agent.fsio import append_lines, json_lines, open_private
 from agent.logs import Throttled
 from agent.spool.side import side_spool
 
@@ -158,9 +158,9 @@ class Ledger:
 
 def _append_lines(path: Path, data: bytes) -> int:
     """Append `data` to `path` (no fsync: see the module's docstring); the file's size."""
-    fd = open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    fd = open_private(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
-        write_all_appending(fd, data)
+        append_lines(fd, data)
         return os.fstat(fd).st_size
     finally:
         os.close(fd)
