@@ -11,7 +11,8 @@ Each distinct state is opened with the agent's own recovery and must hold:
 * it opens: a power cut never leaves a spool the agent refuses;
 * every record acknowledged (appended) and not yet consumed is read back exactly once,
   in order; no record is made up; consumed ones may come back (the cursor is saved
-  every `cursor_interval_ms`), at most once;
+  every `cursor_interval_ms`), at most once, but never once a cursor save past them
+  has returned;
 * every acknowledged dead letter is in the dead-letter file, and a letter appended after
   the restart is read back whole.
 
@@ -94,7 +95,7 @@ async def scenario(root: Path, recorder: Recorder, fsync: str, rounds: int = ROU
             if round_ % 4 == 1:
                 entries = await spool.read(5)
                 spool.ack(e.seq for e in entries)
-                recorder.mark("consumed", "main", [e.payload for e in entries])
+                recorder.mark("consumed", "main", [(e.payload, e.seq) for e in entries])
             if round_ % 6 == 2 and life == 1:
                 await letter(f"letter-{round_}")
             await asyncio.sleep(0.004)  # cursor saves and spares happen meanwhile
@@ -113,6 +114,8 @@ class Expected:
     must: dict[str, set[bytes]] = field(default_factory=dict)
     unsynced: dict[str, set[bytes]] = field(default_factory=dict)
     letters: set[str] = field(default_factory=set)
+    consumed: dict[bytes, int] = field(default_factory=dict)  # main: payload -> seq
+    gone: set[bytes] = field(default_factory=set)  # consumed, behind a saved cursor
 
     def note(self, op: tuple[object, ...]) -> None:
         if op[0] != "mark":
@@ -123,6 +126,15 @@ class Expected:
         kind = op[1]
         if kind == "letter":
             self.letters.add(str(op[2]))
+            return
+        if kind == "cursor":  # a save of the usage spool's cursor returned
+            self.gone.update(p for p, seq in self.consumed.items() if seq < int(op[2]))  # type: ignore[call-overload]
+            return
+        if kind == "consumed":
+            for payload, seq in op[3]:  # type: ignore[attr-defined]
+                self.consumed[payload] = seq
+                self.must.get("main", set()).discard(payload)
+                self.unsynced.get("main", set()).discard(payload)
             return
         name, payloads = str(op[2]), op[3]
         order, must = self.appended.setdefault(name, {}), self.must.setdefault(name, set())
@@ -158,11 +170,11 @@ class Checker:
     def keys(self, image: dict[str, bytes], expected: Expected) -> dict[str, tuple[object, ...]]:
         """What each part of a state is checked as: its files and its promises."""
         return {
-            name: (_digest(image, name), frozenset(promised))
-            for name, promised in (
-                ("main", expected.must.get("main", ())),
-                ("side", expected.must.get("side", ())),
-                ("letters", expected.letters),
+            name: (_digest(image, name), frozenset(promised), frozenset(forbidden))
+            for name, promised, forbidden in (
+                ("main", expected.must.get("main", ()), expected.gone),
+                ("side", expected.must.get("side", ()), ()),
+                ("letters", expected.letters, ()),
             )
         }
 
@@ -206,6 +218,8 @@ class Checker:
             return f"{name}: out of order"
         if missing := expected.must.get(name, set()) - set(read):
             return f"{name}: {len(missing)} acknowledged records lost"
+        if name == "main" and (back := expected.gone & set(read)):
+            return f"{name}: {len(back)} consumed records back after their cursor was saved"
         return ""
 
     @staticmethod
@@ -293,6 +307,15 @@ async def recorded(
     run = tmp_path / "run"
     run.mkdir(mode=0o750)
     recorder = Recorder(run, skip=skip)
+    save = Spool._save_cursor
+
+    def saved(spool: Spool) -> int:
+        seq = save(spool)
+        if spool.dir.name == "spool":  # the usage spool, not a side spool
+            recorder.mark("cursor", seq)
+        return seq
+
+    monkeypatch.setattr(Spool, "_save_cursor", saved)
     with recorder.installed(monkeypatch):
         await scenario(run, recorder, fsync, rounds)
     return recorder
@@ -326,6 +349,7 @@ MUTATIONS = [
     "_fdatasync:fdatasync",  # the group commit's sync before the appends are answered
     "create_segment:fsync_dir",  # the new segment's name
     "write_atomically:fsync",  # the cursor's bytes before its rename
+    "write_atomically:fsync_dir",  # the cursor's new name before consumed records go
     "_append_locked:fsync",  # a dead letter before its record is acknowledged
     "_append_locked:fsync_dir",  # a new dead-letter file's name
 ]
