@@ -2,6 +2,9 @@
 
 usage-agent run [--config PATH]           serve until SIGTERM/SIGINT
 usage-agent check-config [--config PATH]  load and check the configuration, print it
+usage-agent health [--ready]              ask the running agent (exit 0, 1, 2: agent.operate)
+usage-agent status [--json]               what the running agent is doing
+usage-agent send [FILE|-]                 post records to the running agent
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from agent import __version__, config
+from agent import __version__, config, operate
 from agent.delivery import deadletter, reconcile
 from agent.delivery.auth import TokenError
 from agent.delivery.uplink import LookupFailed
@@ -109,6 +112,22 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    return operate.health(_load(args.config), args.ready)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    return operate.status(_load(args.config), args.json)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if args.file in (None, "-"):
+        return operate.send(cfg, sys.stdin, invoice=args.invoice, idempotency_key=args.key)
+    with open(args.file, encoding="utf-8") as source:
+        return operate.send(cfg, source, invoice=args.invoice, idempotency_key=args.key)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="usage-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"usage-agent {__version__}")
@@ -118,12 +137,23 @@ def main(argv: list[str] | None = None) -> int:
         ("check-config", cmd_check_config, "load and check the configuration, print it"),
         ("deadletter", cmd_deadletter, "list or purge the records the upstream refused"),
         ("reconcile", cmd_reconcile, "compare what was delivered with what Paigo holds"),
+        ("health", cmd_health, "exit 0 when the running agent is alive (--ready: ready)"),
+        ("status", cmd_status, "what the running agent is doing (exit 1: not ready)"),
+        ("send", cmd_send, "post records (JSON object, array or NDJSON) to the running agent"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", default=None, help=f"TOML file (e.g. {DEFAULT_CONFIG})")
         sub.set_defaults(handler=handler)
         if name == "deadletter":
             sub.add_argument("action", choices=["list", "purge"])
+        if name == "health":
+            sub.add_argument("--ready", action="store_true", help="ask /readyz, not /healthz")
+        if name == "status":
+            sub.add_argument("--json", action="store_true", help="the /status document")
+        if name == "send":
+            sub.add_argument("file", nargs="?", help="a file of records; - or none: stdin")
+            sub.add_argument("--invoice", action="store_true", help="Paigo's invoice=true")
+            sub.add_argument("--key", default=None, help="the Idempotency-Key (default: new)")
         if name == "reconcile":
             sub.add_argument("--since", required=True, help="RFC 3339, inclusive")
             sub.add_argument("--until", required=True, help="RFC 3339, exclusive")
