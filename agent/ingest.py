@@ -16,13 +16,15 @@ the request durable. A request is all or nothing: any bad record, and none is st
 | 408    | the request did not arrive whole within `ingest.body_timeout_s`                |
 | 413    | body over `ingest.max_request_bytes`, or over `ingest.max_records_per_request` |
 | 414    | a URL over 8 KiB                                                               |
-| 415    | a content type other than JSON or NDJSON                                       |
+| 415    | a content type other than JSON or NDJSON (a form body that is JSON, as         |
+|        | `curl -d` sends it, is taken)                                                  |
 | 422    | an `Idempotency-Key` used before for another request (body or invoice flag)    |
 | 431    | headers over 32 KiB or 100 fields                                              |
 | 503    | the agent is shutting down (with Retry-After)                                  |
 | 507    | the spool is full or the disk is out of space (with Retry-After)               |
 
-Also `GET /healthz`, `GET /readyz`, `GET /metrics` and `GET /status`.
+Also `GET /healthz`, `GET /readyz` (always open, for probes), `GET /metrics` and
+`GET /status` (behind the ingest token when `ingest.token_file` is set).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import json
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -60,6 +62,7 @@ from agent.spool import Spool
 log = logging.getLogger(__name__)
 
 JSON_TYPES: Final = ("application/json", "")
+FORM_TYPES: Final = ("application/x-www-form-urlencoded",)
 NDJSON_TYPES: Final = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 MAX_PROBLEMS_SHOWN: Final = 100
 
@@ -109,9 +112,23 @@ def routes(state: IngestState) -> Routes:
         "/usage": {"POST": functools.partial(post_usage, state)},
         "/healthz": {"GET": healthz},
         "/readyz": {"GET": functools.partial(readyz, state)},
-        "/metrics": {"GET": functools.partial(metrics, state)},
-        "/status": {"GET": functools.partial(status, state)},
+        "/metrics": {"GET": functools.partial(_guarded, metrics, state)},
+        "/status": {"GET": functools.partial(_guarded, status, state)},
     }
+
+
+async def _guarded(
+    handler: Callable[[IngestState, Request], Awaitable[Response]],
+    state: IngestState,
+    request: Request,
+) -> Response:
+    """`handler`, behind the ingest token when one is set (what the agent holds and how it
+    is doing is not for every local user; /healthz and /readyz stay open for probes)."""
+    try:
+        _check_token(request, state)
+    except Refused as refused:
+        return json_response(refused.status, refused.body, refused.headers)
+    return await handler(state, request)
 
 
 def refused_by_http(state: IngestState, error: HttpError) -> Response:
@@ -242,15 +259,14 @@ def _read_records(request: Request, config: IngestConfig) -> list[object]:
     content_type = (
         raw_type if raw_type in JSON_TYPES else raw_type.partition(";")[0].strip().lower()
     )
-    if content_type not in JSON_TYPES and content_type not in NDJSON_TYPES:
-        raise Refused(
-            415,
-            "unsupported_media_type",
-            f"content type {content_type!r} is not accepted; send application/json "
-            "or application/x-ndjson",
-        )
-    body = request.body
-    objs = _parse_ndjson(body) if content_type in NDJSON_TYPES else _parse_json(body)
+    if content_type in FORM_TYPES:
+        objs = _parse_form_as_json(request.body, content_type)
+    elif content_type in NDJSON_TYPES:
+        objs = _parse_ndjson(request.body)
+    elif content_type in JSON_TYPES:
+        objs = _parse_json(request.body)
+    else:
+        raise Refused(415, "unsupported_media_type", _send_json_instead(content_type))
     if not objs:
         raise Refused(400, "empty", "the request holds no records")
     if len(objs) > config.max_records_per_request:
@@ -261,6 +277,22 @@ def _read_records(request: Request, config: IngestConfig) -> list[object]:
             records=len(objs),
         )
     return objs
+
+
+def _send_json_instead(content_type: str) -> str:
+    return (
+        f"content type {content_type!r} is not accepted; send Content-Type: application/json "
+        "(one record or an array) or application/x-ndjson (one record a line)"
+    )
+
+
+def _parse_form_as_json(body: bytes, content_type: str) -> list[object]:
+    """A body sent as a form (what `curl -d` does unless told otherwise) is taken when it
+    is JSON; a real form is refused with what to send instead."""
+    try:
+        return _parse_json(body)
+    except Refused:
+        raise Refused(415, "unsupported_media_type", _send_json_instead(content_type)) from None
 
 
 def _parse_json(body: bytes) -> list[object]:

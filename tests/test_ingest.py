@@ -107,6 +107,17 @@ async def test_other_content_types_get_415(start_agent: AgentFactory):
     assert "application/json" in body["error"]
 
 
+async def test_a_json_body_sent_as_a_form_as_curl_d_does_is_taken(start_agent: AgentFactory):
+    agent = await start_agent()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, _, _ = await agent.post(record(1), headers=form)
+    assert status == 202
+    status, _, body = await agent.post(None, raw=b"customerId=c&recordValue=1", headers=form)
+    assert status == 415
+    assert "send Content-Type: application/json" in body["error"]
+    assert len(await agent.stored()) == 1
+
+
 async def test_other_methods_get_405(start_agent: AgentFactory):
     agent = await start_agent()
     async with agent.http.put(f"{agent.url}/usage", data=b"{}") as resp:
@@ -179,6 +190,21 @@ async def test_a_configured_token_is_required_and_compared(
     status, _, _ = await agent.post(record(1), headers={"Authorization": "Bearer s3cret-token"})
     assert status == 202
     assert len(await agent.stored()) == 1
+
+
+async def test_status_and_metrics_need_the_token_and_the_probes_do_not(
+    start_agent: AgentFactory, tmp_path: Path
+):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    agent = await start_agent(ingest={"token_file": str(token_file)})
+    for path in ("/status", "/metrics"):
+        assert (await agent.get(path))[0] == 401
+        headers = {"Authorization": "Bearer s3cret-token"}
+        async with agent.http.get(f"{agent.url}{path}", headers=headers) as resp:
+            assert resp.status == 200
+    for path in ("/healthz", "/readyz"):
+        assert (await agent.get(path))[0] == 200
 
 
 async def test_an_apps_paigo_token_is_not_refused_when_no_token_is_configured(
