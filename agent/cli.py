@@ -1,18 +1,23 @@
 """The `usage-agent` command: sub-commands mapped onto the parts, no logic of its own.
 
-usage-agent run [--config PATH]           serve until SIGTERM/SIGINT
-usage-agent check-config [--config PATH]  load and check the configuration, print it
-usage-agent health [--ready]              ask the running agent (exit 0, 1, 2: agent.operate)
-usage-agent status [--json]               what the running agent is doing
-usage-agent send [FILE|-]                 post records to the running agent
+usage-agent run                       serve until SIGTERM/SIGINT
+usage-agent check-config [--json]     the configuration in force, and where each value came from
+usage-agent health [--ready]          ask the running agent (exit 0, 1, 2: agent.operate)
+usage-agent status [--json]           what the running agent is doing
+usage-agent send [FILE|-]             post records to the running agent
+usage-agent spool inspect [--dir DIR] what a spool directory holds (read-only)
+usage-agent deadletter list|show|replay|purge   (also `dlq`): agent.maintenance
+usage-agent reconcile --since --until compare what was delivered with what Paigo holds
+usage-agent fake-paigo                the local Paigo stand-in
+
+Every sub-command takes `--config PATH` and `--set section.key=value` (agent.config_sources
+says where the configuration comes from, and in which order).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import logging
 import os
 import signal
 import sys
@@ -21,33 +26,33 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from agent import __version__, config, operate
-from agent.delivery import deadletter, reconcile
+from agent import __version__, config, config_sources, logs, maintenance, operate
+from agent.delivery import reconcile
 from agent.delivery.auth import TokenError
 from agent.delivery.uplink import LookupFailed
 from agent.errors import AgentError
 from agent.service import Service, StartFailed
 from agent.testing.fake_paigo import FakePaigo
 
-DEFAULT_CONFIG = "/etc/usage-agent/agent.toml"
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
 
 
-def _load(path: str | None) -> config.Config:
-    """The configuration at `path`, or the defaults; secrets from the environment either way."""
-    if path:
-        return config.load(path)
-    return config.resolve_secrets(config.Config(), os.environ)
+def _loaded(args: argparse.Namespace) -> config_sources.Loaded:
+    flags = [config_sources.parse_flag(text) for text in args.set or ()]
+    for key, name in (("log.level", "log_level"), ("log.format", "log_format")):
+        if getattr(args, name, None):
+            flags.append((key, getattr(args, name)))
+    return config_sources.load(args.config, flags=flags)
+
+
+def _load(args: argparse.Namespace) -> config.Config:
+    return _loaded(args).config
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
-    logging.basicConfig(
-        level=cfg.log.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    cfg = _load(args)
+    logs.configure(cfg.log.level, cfg.log.format)
     try:
         asyncio.run(Service(cfg).run())
     except StartFailed as exc:
@@ -57,16 +62,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
-    shown = dataclasses.asdict(cfg)
-    shown["upstream"]["client_secret"] = "(set)" if cfg.upstream.client_secret else "(not set)"
-    shown["ingest"]["token"] = "(set)" if cfg.ingest.token else "(not set)"
-    print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+    loaded = _loaded(args)
+    if args.json:
+        shown = {
+            "source": loaded.config.source,
+            "values": {k: v for k, (v, _) in config_sources.effective(loaded).items()},
+            "origins": {k: o for k, (_, o) in config_sources.effective(loaded).items()},
+            "ignored_environment": list(loaded.ignored),
+        }
+        print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print("\n".join(config_sources.describe(loaded)))
     return 0
 
 
 def cmd_fake_paigo(args: argparse.Namespace) -> int:
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure("INFO", "auto")
 
     dimensions = orjson.loads(Path(args.dimensions).read_bytes()) if args.dimensions else None
 
@@ -92,7 +103,7 @@ def cmd_fake_paigo(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = _load(args)
     try:
         report = asyncio.run(reconcile.reconcile(cfg, args.since, args.until))
     except (aiohttp.ClientError, TokenError, LookupFailed, ValueError) as exc:
@@ -103,29 +114,68 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_deadletter(args: argparse.Namespace) -> int:
-    path = deadletter.path_in(_load(args.config).spool.dir)
+    cfg = _load(args)
     if args.action == "purge":
-        print(f"purged {deadletter.purge(path)} dead letters from {path}")
-        return 0
-    for letter in deadletter.read(path):
-        print(orjson.dumps(letter).decode())
-    return 0
+        return maintenance.letters_purge(cfg, args.yes)
+    if args.action == "show":
+        return maintenance.letters_show(cfg, args.id)
+    if args.action == "replay":
+        if not args.all and not args.ids:
+            print("usage-agent: name the letters to replay, or --all", file=sys.stderr)
+            return EXIT_CONFIG
+        return maintenance.letters_replay(cfg, [] if args.all else args.ids)
+    return maintenance.letters_list(cfg)
+
+
+def cmd_spool(args: argparse.Namespace) -> int:
+    directory = Path(args.dir) if args.dir else Path(_load(args).spool.dir)
+    return maintenance.spool_inspect(directory, args.json)
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    return operate.health(_load(args.config), args.ready)
+    return operate.health(_load(args), args.ready)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    return operate.status(_load(args.config), args.json)
+    return operate.status(_load(args), args.json)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = _load(args)
     if args.file in (None, "-"):
         return operate.send(cfg, sys.stdin, invoice=args.invoice, idempotency_key=args.key)
     with open(args.file, encoding="utf-8") as source:
         return operate.send(cfg, source, invoice=args.invoice, idempotency_key=args.key)
+
+
+def _common(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--config", default=None, help=f"TOML file (default: $USAGE_AGENT_CONFIG, "
+                     f"else {config_sources.DEFAULT_PATH} if it exists)")  # fmt: skip
+    sub.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                     help="override one key (over the file and the environment)")  # fmt: skip
+
+
+def _deadletter_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sub = commands.add_parser(
+        "deadletter", aliases=["dlq"], help="the records the upstream refused for good"
+    )
+    actions = sub.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("list", "every dead letter, one JSON object a line"),
+        ("show", "one dead letter"),
+        ("replay", "put letters back on the spool (the agent stopped)"),
+        ("purge", "remove every letter, keeping a backup"),
+    ):
+        action = actions.add_parser(name, help=text)
+        _common(action)
+        action.set_defaults(handler=cmd_deadletter)
+        if name == "show":
+            action.add_argument("id")
+        if name == "replay":
+            action.add_argument("ids", nargs="*", metavar="ID")
+            action.add_argument("--all", action="store_true", help="every letter")
+        if name == "purge":
+            action.add_argument("--yes", action="store_true", help="do not ask")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,18 +184,20 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, handler, text in (
         ("run", cmd_run, "serve until SIGTERM or SIGINT"),
-        ("check-config", cmd_check_config, "load and check the configuration, print it"),
-        ("deadletter", cmd_deadletter, "list or purge the records the upstream refused"),
+        ("check-config", cmd_check_config, "the configuration in force and where it came from"),
         ("reconcile", cmd_reconcile, "compare what was delivered with what Paigo holds"),
         ("health", cmd_health, "exit 0 when the running agent is alive (--ready: ready)"),
         ("status", cmd_status, "what the running agent is doing (exit 1: not ready)"),
         ("send", cmd_send, "post records (JSON object, array or NDJSON) to the running agent"),
     ):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("--config", default=None, help=f"TOML file (e.g. {DEFAULT_CONFIG})")
+        _common(sub)
         sub.set_defaults(handler=handler)
-        if name == "deadletter":
-            sub.add_argument("action", choices=["list", "purge"])
+        if name == "run":
+            sub.add_argument("--log-level", choices=config.LOG_LEVELS, help="log.level")
+            sub.add_argument("--log-format", choices=config.LOG_FORMATS, help="log.format")
+        if name == "check-config":
+            sub.add_argument("--json", action="store_true", help="values and origins as JSON")
         if name == "health":
             sub.add_argument("--ready", action="store_true", help="ask /readyz, not /healthz")
         if name == "status":
@@ -157,6 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         if name == "reconcile":
             sub.add_argument("--since", required=True, help="RFC 3339, inclusive")
             sub.add_argument("--until", required=True, help="RFC 3339, exclusive")
+    _deadletter_parser(commands)
+    spool = commands.add_parser("spool", help="a spool directory, read-only")
+    spool_actions = spool.add_subparsers(dest="action", required=True)
+    inspect = spool_actions.add_parser("inspect", help="segments, records, cursor, damage")
+    _common(inspect)
+    inspect.add_argument("--dir", help="the spool directory (default: spool.dir)")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(handler=cmd_spool)
     fake = commands.add_parser("fake-paigo", help="run the local Paigo stand-in")
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=7480)
@@ -178,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except AgentError as exc:
         print(f"usage-agent: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:  # `usage-agent ... | head`: the reader left; not an error to show
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
     return code
 

@@ -1,4 +1,5 @@
-"""The configuration: one TOML file read once into frozen dataclasses, one per section.
+"""The configuration: read once into frozen dataclasses, one per section (where the
+values come from, file, environment and flags: config_sources.py).
 
 Each part of the agent receives its own section and never reads files or the environment
 itself. Every error names the file, the key and what is wrong with it. Unknown sections and
@@ -9,17 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
-    import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 from agent.errors import ConfigError
 
@@ -32,7 +27,6 @@ __all__ = [
     "SpoolConfig",
     "UpstreamConfig",
     "VerifyConfig",
-    "load",
 ]
 
 FsyncMode = Literal["always", "interval", "off"]
@@ -106,6 +100,7 @@ class UpstreamConfig:
     dimensions: str = "auto"  # or "off": Paigo's dimension catalog (agent.catalog)
     dimensions_refresh_s: float = 300.0
     ledger_max_bytes: int = 256 * MiB
+    allow_insecure: bool = False  # http:// to a host beyond this one: the secret in clear text
 
     @property
     def id_key(self) -> str:
@@ -138,11 +133,13 @@ class RetryConfig:
 
 
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS: Final = ("auto", "json", "text")
 
 
 @dataclass(frozen=True)
 class LogConfig:
     level: str = "INFO"
+    format: str = "auto"  # "json" | "text"; "auto": JSON unless stderr is a terminal
 
 
 @dataclass(frozen=True)
@@ -170,41 +167,58 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
 _TOP_LEVEL: Final = {"shutdown_grace_s": "float"}
 
 
-def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and check the TOML file at `path`; secrets also come from `environ` (default:
-    the process environment) and the files it points to (see `resolve_secrets`)."""
-    source = str(path)
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(source, "-", f"cannot read the file: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, "-", f"not valid TOML: {exc}") from exc
-    config = from_mapping(data, source)
-    return resolve_secrets(config, os.environ if environ is None else environ)
-
-
 def resolve_secrets(config: Config, environ: Mapping[str, str]) -> Config:
     """Fill upstream.client_id / client_secret, first found wins: the TOML file, then
     PAIGO_CLIENT_ID / PAIGO_CLIENT_SECRET, then upstream.client_secret_file, then
     systemd's $CREDENTIALS_DIRECTORY/paigo_client_id and paigo_client_secret."""
+    return secrets_with_origins(config, environ)[0]
+
+
+def secrets_with_origins(
+    config: Config, environ: Mapping[str, str]
+) -> tuple[Config, dict[str, str]]:
+    """`resolve_secrets`, and where each secret came from ("upstream.client_secret" ->
+    "environment PAIGO_CLIENT_SECRET", ...), for `check-config`."""
     up = config.upstream
     credentials = environ.get("CREDENTIALS_DIRECTORY", "")
-    client_id = up.client_id or environ.get("PAIGO_CLIENT_ID", "")
-    if not client_id and credentials:
-        client_id = _read_secret(
-            Path(credentials) / "paigo_client_id", config, "upstream.client_id"
-        )
-    secret = up.client_secret or environ.get("PAIGO_CLIENT_SECRET", "")
-    if not secret and up.client_secret_file:
-        secret = _read_secret(Path(up.client_secret_file), config, "upstream.client_secret_file")
-    if not secret and credentials:
-        path = Path(credentials) / "paigo_client_secret"
-        secret = _read_secret(path, config, "upstream.client_secret")
+    systemd = f"systemd credential in {credentials}"
+
+    def credential(name: str, key: str) -> str:
+        if not credentials:
+            return ""
+        return _read_secret(Path(credentials) / name, config, key, missing_ok=True)
+
+    client_id, id_origin = _first(
+        (f"file {config.source}", lambda: up.client_id),
+        ("environment PAIGO_CLIENT_ID", lambda: environ.get("PAIGO_CLIENT_ID", "")),
+        (systemd, lambda: credential("paigo_client_id", "upstream.client_id")),
+    )
+    secret_file = Path(up.client_secret_file)
+    secret, secret_origin = _first(
+        (f"file {config.source}", lambda: up.client_secret),
+        ("environment PAIGO_CLIENT_SECRET", lambda: environ.get("PAIGO_CLIENT_SECRET", "")),
+        (
+            f"file {secret_file}",
+            lambda: (
+                up.client_secret_file
+                and _read_secret(secret_file, config, "upstream.client_secret_file")
+            ),
+        ),
+        (systemd, lambda: credential("paigo_client_secret", "upstream.client_secret")),
+    )
     upstream = dataclasses.replace(up, client_id=client_id, client_secret=secret)
     ingest = dataclasses.replace(config.ingest, token=_read_token(config))
-    return dataclasses.replace(config, upstream=upstream, ingest=ingest)
+    resolved = dataclasses.replace(config, upstream=upstream, ingest=ingest)
+    return resolved, {"upstream.client_id": id_origin, "upstream.client_secret": secret_origin}
+
+
+def _first(*candidates: tuple[str, Callable[[], str]]) -> tuple[str, str]:
+    """The first non-empty value of `candidates` (each read only when those before are
+    empty), with its origin."""
+    for origin, read in candidates:
+        if value := read():
+            return value, origin
+    return "", "not set"
 
 
 def _read_token(config: Config) -> str:
@@ -223,11 +237,13 @@ def _read_token(config: Config) -> str:
     return token
 
 
-def _read_secret(path: Path, config: Config, key: str) -> str:
+def _read_secret(path: Path, config: Config, key: str, missing_ok: bool = False) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        return ""
+        if missing_ok:
+            return ""
+        raise ConfigError(config.source, key, f"{path} does not exist") from None
     except OSError as exc:
         raise ConfigError(config.source, key, f"cannot read {path}: {exc.strerror}") from None
 
@@ -360,6 +376,8 @@ def _check(config: Config) -> None:
         raise ConfigError(src, "ingest.unknown_fields", 'must be "refuse" or "drop"')
     if config.log.level.upper() not in LOG_LEVELS:
         raise ConfigError(src, "log.level", f"must be one of {', '.join(LOG_LEVELS)}")
+    if config.log.format not in LOG_FORMATS:
+        raise ConfigError(src, "log.format", f"must be one of {', '.join(LOG_FORMATS)}")
     _check_exposure(config)
 
 
@@ -419,9 +437,8 @@ def _check_upstream(config: Config) -> None:
         raise ConfigError(src, "upstream.dimensions", 'must be "auto" or "off"')
     if up.delivery not in DELIVERY_MODES:
         raise ConfigError(src, "upstream.delivery", f"must be one of {', '.join(DELIVERY_MODES)}")
-    for key in ("url", "token_url"):
-        if not getattr(up, key).startswith(("http://", "https://")):
-            raise ConfigError(src, f"upstream.{key}", "must be an http:// or https:// URL")
+    for key in ("url", "token_url", "read_url"):
+        _check_url(config, key)
     if up.stamp_records and not up.record_id_metadata_key:
         raise ConfigError(src, "upstream.record_id_metadata_key", "must not be empty")
     if not up.stamp_records and up.delivery == "effectively-once":
@@ -434,6 +451,25 @@ def _check_upstream(config: Config) -> None:
     _check_verify(config)
     if retry.multiplier < 1:
         raise ConfigError(src, "retry.multiplier", "must be at least 1")
+
+
+def _check_url(config: Config, key: str) -> None:
+    """An upstream URL must be http(s), and http:// only to this host unless
+    `upstream.allow_insecure`: the client secret and the bearer token would cross the
+    network in clear text."""
+    url = getattr(config.upstream, key)
+    if key == "read_url" and not url:
+        return
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(config.source, f"upstream.{key}", "must be an http:// or https:// URL")
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if url.startswith("http://") and not is_loopback(host) and not config.upstream.allow_insecure:
+        raise ConfigError(
+            config.source,
+            f"upstream.{key}",
+            f"http:// to {host} would send the credentials in clear text; use https:// "
+            "or set upstream.allow_insecure = true",
+        )
 
 
 def _check_verify(config: Config) -> None:

@@ -49,6 +49,7 @@ from agent.delivery.verify import VerifyStatus
 from agent.errors import Problem, RecordInvalid, SpoolError, SpoolFull
 from agent.http_server import HttpError, Request, Response, Routes
 from agent.idempotency import Answer, IdempotencyStore, KeyReused, fingerprint, key_problem
+from agent.logs import Throttled
 from agent.metrics import Metrics
 from agent.records import (
     DEFAULT_RULES,
@@ -96,6 +97,13 @@ class Refused(Exception):
         self.records = records
         self.body: dict[str, object] = {"error": message, **extra}
         self.headers: dict[str, str] = {}
+
+
+# Refusals an operator must hear of (the disk, a wrong token), at most once a minute each.
+_REFUSALS_LOGGED: Final = {
+    401: Throttled(log, "ingest refused a request without the right token (401)"),
+    507: Throttled(log, "ingest refused records: no space (507)"),
+}
 
 
 def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> Response:
@@ -153,6 +161,8 @@ async def post_usage(state: IngestState, request: Request) -> Response:
     except Refused as refused:
         response = json_response(refused.status, refused.body, refused.headers)
         state.metrics.ingest.rejected[refused.reason] += refused.records
+        if (throttled := _REFUSALS_LOGGED.get(refused.status)) is not None:
+            throttled.warning("%s", refused.body.get("error"))
     state.metrics.ingest.answered(response.status, time.perf_counter() - started)
     return response
 

@@ -137,7 +137,20 @@ class Service:
         stack = self._stack
         self.spool.open()
         stack.push_async_callback(self.spool.close)
+        spool = self.config.spool
+        log.info(
+            "usage-agent %s starting: spool %s, max_bytes %d, min_free_bytes %d (kept free: "
+            "%d), fsync %s",
+            __version__,
+            spool.dir,
+            spool.max_bytes,
+            spool.min_free_bytes,
+            self.spool.space.reserve,
+            spool.fsync,
+        )
         await self.spool.start()
+        if self.spool.backlog:
+            log.info("recovered %d records pending delivery", self.spool.backlog)
         await self.keys.start()
         stack.push_async_callback(self.keys.stop)
         self.spool.space.count_also(lambda: self.keys.bytes_used)
@@ -200,6 +213,7 @@ class Service:
         sender.on_reply = lambda reply, seconds: self.metrics.upstream_replied(
             reply.status, seconds
         )
+        sender.gate.waiting_records = lambda: self.spool.backlog
         await sender.start()
         self._stack.push_async_callback(self._stop_sender, sender)
         self.metrics.watch_sender(sender.status)

@@ -9,9 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import Config, ConfigError, from_mapping, load, verify_mode
+from agent import config_sources
+from agent.config import Config, ConfigError, from_mapping, verify_mode
 
 ROOT = Path(__file__).parent.parent
+
+
+def load(path: Path, environ: dict[str, str] | None = None) -> Config:
+    return config_sources.load(str(path), {} if environ is None else environ).config
 
 
 def test_the_shipped_example_is_exactly_the_defaults():

@@ -71,6 +71,8 @@ class Gate:
         self._changed = asyncio.Condition()
         self._waiting = 0
         self._logged_at = -LOG_EVERY_S
+        self._failing_since: float | None = None  # when the circuit opened or degraded began
+        self.waiting_records: Callable[[], int] = lambda: 0  # for the recovery's log line
 
     @property
     def circuit_open(self) -> bool:
@@ -144,6 +146,13 @@ class Gate:
     def succeeded(self) -> None:
         if self.degraded:
             log.warning("delivery recovered from: %s", self.degraded)
+        if self._failing_since is not None:
+            log.warning(
+                "upstream recovered after %.0f s, %d records waiting",
+                self._clock() - self._failing_since,
+                self.waiting_records(),
+            )
+            self._failing_since = None
         self.failures_in_a_row = 0
         self.degraded = ""
         self.limit = min(float(self.max), self.limit + 1.0 / self.limit)
@@ -161,6 +170,7 @@ class Gate:
             wait = self.backoff_s(self.failures_in_a_row - SHARED_FROM + 1)
             self.paused_until = max(self.paused_until, self._clock() + wait)
         if self.failures_in_a_row == self.circuit_failures:
+            self._failing_since = self._clock()
             log.warning(
                 "upstream failing: %d failures in a row; probing one at a time",
                 self.failures_in_a_row,
@@ -182,6 +192,8 @@ class Gate:
         the probes back off like any failure."""
         self.degraded = reason
         self.failed(ticket, overload=False)
+        if self._failing_since is None:
+            self._failing_since = self._clock()
         now = self._clock()
         if now - self._logged_at >= LOG_EVERY_S:
             self._logged_at = now

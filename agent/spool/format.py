@@ -50,6 +50,7 @@ segment whose first seq is S (a hint: it is checked and, if wrong, found by a sc
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -148,6 +149,35 @@ def next_valid_frame(buf: bytes, pos: int) -> int | None:
             pass
         candidate = buf.find(FRAME_MAGIC, candidate + 1)
     return None
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Bytes `start`..`end` of a buffer that hold no valid frame; `tail`: no valid frame
+    follows them (`end` is then the buffer's end)."""
+
+    start: int
+    end: int
+    tail: bool
+
+
+def walk_frames(buf: bytes, pos: int) -> Iterator[Frame | Damage]:
+    """The valid frames of `buf` from `pos` on, and the damage between and after them,
+    in order (the reading rules above, without acting on them)."""
+    while pos < len(buf):
+        try:
+            frame = decode_frame(buf, pos)
+        except CorruptFrame:
+            frame = None
+        if frame is not None:
+            yield frame
+            pos = frame.end
+            continue
+        nxt = next_valid_frame(buf, pos)
+        yield Damage(pos, len(buf) if nxt is None else nxt, nxt is None)
+        if nxt is None:
+            return
+        pos = nxt
 
 
 def encode_segment_header(first_seq: int) -> bytes:

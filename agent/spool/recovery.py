@@ -102,20 +102,14 @@ def recover_tail(directory: Path, segments: list[Segment], stats: SpoolStats) ->
 def _scan(segment: Segment, data: bytes, first_seq: int, stats: SpoolStats) -> tuple[int, int]:
     """(end of the last valid frame, seq after it), cutting off a torn tail."""
     pos, next_seq = fmt.SEGMENT_HEADER_SIZE, first_seq
-    while pos < len(data):
-        try:
-            frame = fmt.decode_frame(data, pos)
-        except fmt.CorruptFrame:
-            frame = None
-        if frame is not None:
-            pos, next_seq = frame.end, frame.seq + 1
-            continue
-        nxt = fmt.next_valid_frame(data, pos)
-        if nxt is None:
+    for found in fmt.walk_frames(data, pos):
+        if isinstance(found, fmt.Frame):
+            pos, next_seq = found.end, found.seq + 1
+        elif found.tail:
             _cut_torn_tail(segment, data, pos, stats)
-            break
-        log.warning("spool recovery: damage at offset %d of %s", pos, segment.path)
-        pos = nxt  # the reader quarantines it when it gets there
+        else:
+            log.warning("spool recovery: damage at offset %d of %s", pos, segment.path)
+            pos = found.end  # the reader quarantines it when it gets there
     return pos, next_seq
 
 

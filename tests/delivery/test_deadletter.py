@@ -1,4 +1,5 @@
-"""The dead-letter file: durable appends, read back, a torn last line skipped, purge."""
+"""The dead-letter file: durable appends, read back, a torn last line skipped, purge with
+a backup, replay onto the spool."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import SpoolConfig
 from agent.delivery import deadletter
 from agent.delivery.deadletter import DeadLetter, DeadLetterFile
+from agent.records import decode_envelope
+from agent.spool.spool import Spool
 
 
 def letter(n: int) -> DeadLetter:
@@ -38,8 +42,11 @@ async def test_a_torn_last_line_is_skipped_and_purge_empties(tmp_path: Path):
     with path.open("ab") as handle:
         handle.write(b'{"id": "cut sh')
     assert [r["id"] for r in deadletter.read(path)] == ["id-1"]
-    assert deadletter.purge(path) == 1
+    count, backup = deadletter.purge(path)
+    assert count == 1 and backup is not None
     assert list(deadletter.read(path)) == []
+    assert [r["id"] for r in deadletter.read(backup)] == ["id-1"]
+    assert deadletter.purge(path) == (0, None)  # nothing left: no empty backup
 
 
 async def test_the_first_letter_makes_its_file_name_durable_before_returning(
@@ -74,10 +81,13 @@ def test_a_purge_while_letters_are_appended_counts_every_letter_it_removes(tmp_p
     appender.start()
     purged = 0
     while appender.is_alive():
-        purged += deadletter.purge(path)
+        purged += deadletter.purge(path)[0]
     appender.join()
-    purged += deadletter.purge(path)
+    purged += deadletter.purge(path)[0]
     assert purged == written
+    backups = tmp_path.glob("deadletter.jsonl.purged-*")
+    kept = [r["id"] for b in backups for r in deadletter.read(b)]
+    assert sorted(kept) == sorted(f"id-{n}" for n in range(written))  # each once, in a backup
 
 
 async def test_letter_files_are_private_and_never_followed_through_a_link(tmp_path: Path):
@@ -91,3 +101,30 @@ async def test_letter_files_are_private_and_never_followed_through_a_link(tmp_pa
     with pytest.raises(OSError, match="link"):
         await DeadLetterFile(path).append([letter(2)])
     assert target.read_text() == "not the agent's\n"
+
+
+async def test_replay_puts_records_back_byte_identical_and_removes_only_those(tmp_path: Path):
+    path = deadletter.path_in(tmp_path)
+    invoiced = DeadLetter("id-9", {"customerId": "c9", "metadata": {"a": [1]}}, True, 400, "", 1)
+    unreadable = DeadLetter("id-x", {"raw": "00ff"}, False, 0, "unreadable", 0)
+    await DeadLetterFile(path).append([letter(1), letter(2), invoiced, unreadable])
+    spool = Spool(SpoolConfig(dir=str(tmp_path), min_free_bytes=0))
+    spool.open()
+    await spool.start()
+    seen: list[tuple[int, int]] = []
+    try:
+        done = await deadletter.replay(
+            path, spool, {"id-1", "id-9", "id-x", "id-404"}, lambda *p: seen.append(p), chunk=1
+        )
+        entries = await spool.read(100)
+    finally:
+        await spool.close()
+    assert (done.records, done.unreadable, done.not_found) == (2, ["id-x"], ["id-404"])
+    assert seen == [(1, 2), (2, 2)]
+    envelopes = [decode_envelope(e.payload) for e in entries]
+    assert [e.record_json for e in envelopes] == [
+        b'{"customerId":"c1","recordValue":"1"}',
+        b'{"customerId":"c9","metadata":{"a":[1]}}',
+    ]
+    assert [e.invoice for e in envelopes] == [False, True]
+    assert [r["id"] for r in deadletter.read(path)] == ["id-2", "id-x"]

@@ -58,12 +58,16 @@ class AgentProcess:
         self.log_path = directory / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait: bool = True) -> AgentProcess:
+    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> AgentProcess:
+        """Run the agent on this configuration file; with `env`, on that environment alone
+        and no --config (the configuration must come from `env`)."""
+        config = [] if env is not None else ["--config", str(self.config_path)]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(self.config_path)],
+                [sys.executable, "-m", "agent", "run", *config],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=None if env is None else {"PATH": os.environ["PATH"], **env},
             )
         if wait:
             self.wait_ready()
