@@ -9,6 +9,7 @@ usage-agent spool inspect [--dir DIR] what a spool directory holds (read-only)
 usage-agent deadletter list|show|replay|purge   (also `dlq`): agent.maintenance
 usage-agent reconcile --since --until compare what was delivered with what Paigo holds
 usage-agent fake-paigo                the local Paigo stand-in
+usage-agent demo [--short]            the stand-in, an agent and apps, through an outage and a kill
 
 Every sub-command takes `--config PATH` and `--set section.key=value` (agent.config_sources
 says where the configuration comes from, and in which order).
@@ -26,7 +27,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from agent import __version__, config, config_sources, logs, maintenance, operate
+from agent import __version__, config, config_sources, demo, logs, maintenance, operate
 from agent.delivery import reconcile
 from agent.delivery.auth import TokenError
 from agent.delivery.uplink import LookupFailed
@@ -178,6 +179,27 @@ def _deadletter_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
             action.add_argument("--yes", action="store_true", help="do not ask")
 
 
+def _other_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo_parser = commands.add_parser(
+        "demo", help="the stand-in, an agent, apps, an outage, a kill"
+    )
+    demo_parser.add_argument("--short", action="store_true", help="a few seconds, fewer records")
+    demo_parser.set_defaults(handler=lambda args: demo.main(args.short))
+    fake = commands.add_parser("fake-paigo", help="run the local Paigo stand-in")
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=7480)
+    fake.add_argument("--client-id", default="test-client")
+    fake.add_argument("--client-secret", default="test-secret")
+    fake.add_argument("--accept-arrays", action="store_true", help="take JSON arrays (not Paigo)")
+    fake.add_argument(
+        "--dimensions", help="JSON file: the list GET /dimensions answers (Paigo's fields)"
+    )
+    fake.add_argument(
+        "--write-delay-s", type=float, default=0.0, help="a write is readable this long after 201"
+    )
+    fake.set_defaults(handler=cmd_fake_paigo)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="usage-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"usage-agent {__version__}")
@@ -217,19 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("--dir", help="the spool directory (default: spool.dir)")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(handler=cmd_spool)
-    fake = commands.add_parser("fake-paigo", help="run the local Paigo stand-in")
-    fake.add_argument("--host", default="127.0.0.1")
-    fake.add_argument("--port", type=int, default=7480)
-    fake.add_argument("--client-id", default="test-client")
-    fake.add_argument("--client-secret", default="test-secret")
-    fake.add_argument("--accept-arrays", action="store_true", help="take JSON arrays (not Paigo)")
-    fake.add_argument(
-        "--dimensions", help="JSON file: the list GET /dimensions answers (Paigo's fields)"
-    )
-    fake.add_argument(
-        "--write-delay-s", type=float, default=0.0, help="a write is readable this long after 201"
-    )
-    fake.set_defaults(handler=cmd_fake_paigo)
+    _other_parsers(commands)
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)

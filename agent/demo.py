@@ -1,117 +1,242 @@
-"""`make demo`: a real agent, on loopback and a unix socket, delivering to the Paigo stand-in.
+"""`make demo` / `usage-agent demo`: the agent's promise, shown end to end in under a minute.
 
-It posts usage the way an app would, shows what a bad record gets back, repeats a request
-with an Idempotency-Key, takes the upstream down and brings it back, and shows that every
-record arrived once.
+In a temporary directory it starts the Paigo stand-in and a real agent process, and
+several simulated apps post usage to the agent with `agent.client`. Meanwhile Paigo goes
+down (503 to everything), the agent is killed with SIGKILL and started again, and Paigo
+comes back. A progress line shows accepted / spooled / delivered / refused by Paigo; the
+tally at the end compares what the apps were told was accepted with what Paigo holds:
+lost 0, doubled 0 (exit 0), or says what went wrong (exit 1). Nothing is left running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TextIO
 
-import aiohttp
-import orjson
-
-from agent.config import from_mapping
-from agent.service import Service
+from agent.client import AgentUnavailable, AsyncUsageClient, UsageRejected
 from agent.testing.fake_paigo import FakePaigo
 
+CUSTOMERS: Final = ("acme", "globex", "initech", "umbrella", "hooli")
+DIMENSIONS: Final = {
+    "api-calls": lambda r: str(r.randint(1, 50)),
+    "storage-gb-hours": lambda r: f"{r.uniform(0.1, 20):.3f}",
+    "compute-seconds": lambda r: f"{r.uniform(0.5, 900):.1f}",
+}
 
-def record(n: int, **changes: Any) -> dict[str, Any]:
+
+@dataclass(frozen=True)
+class Plan:
+    apps: int
+    records_per_app: int
+    paigo_down_at_s: float
+    kill_at_s: float
+    restart_after_s: float
+    paigo_back_at_s: float
+    pace_s: float  # an app's pause between posts
+
+
+FULL: Final = Plan(4, 1000, 3.0, 6.0, 1.0, 12.0, 0.06)
+SHORT: Final = Plan(3, 150, 1.0, 2.0, 0.5, 4.0, 0.1)
+
+
+@dataclass
+class Tally:
+    accepted: set[str] = field(default_factory=set)  # the events the agent said 202 to
+    refused: int = 0
+    events: list[str] = field(default_factory=list)
+
+
+def make_record(rng: random.Random, app: int, n: int) -> dict[str, Any]:
+    dimension = rng.choice(list(DIMENSIONS))
     return {
-        "timestamp": "2026-11-25T10:00:00Z",
-        "customerId": f"acme-{n % 3}",
-        "dimensionId": "api-calls",
-        "recordValue": str(n),
-        **changes,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "customerId": rng.choice(CUSTOMERS),
+        "dimensionId": dimension,
+        "recordValue": DIMENSIONS[dimension](rng),
+        "metadata": {"event": f"app{app}-{n}", "region": rng.choice(["eu-west-1", "us-east-1"])},
     }
 
 
-def show(title: str, status: int, body: bytes) -> None:
-    print(f"\n$ {title}\n  -> {status} {body.decode()[:240]}")
+async def run_app(client: AsyncUsageClient, app: int, plan: Plan, tally: Tally) -> None:
+    """One app: posts its records one at a time or in small batches, each post with its own
+    Idempotency-Key, riding out the agent's restart on the client's retries."""
+    rng = random.Random(app)
+    n = 0
+    while n < plan.records_per_app:
+        batch = [make_record(rng, app, n + i) for i in range(rng.choice((1, 1, 1, 5, 20)))]
+        batch = batch[: plan.records_per_app - n]
+        try:
+            await client.post(batch, idempotency_key=f"app{app}-post-{n}")
+        except (UsageRejected, AgentUnavailable) as exc:
+            tally.events.append(f"app {app}: {exc}")
+            tally.refused += len(batch)
+        else:
+            tally.accepted.update(str(r["metadata"]["event"]) for r in batch)
+        n += len(batch)
+        await asyncio.sleep(plan.pace_s)
 
 
-async def wait_for(check: Any, seconds: float = 30) -> None:
-    for _ in range(int(seconds / 0.05)):
-        if check():
-            return
-        await asyncio.sleep(0.05)
+class AgentRun:
+    """The agent as a child process on `directory`'s configuration."""
 
+    def __init__(self, directory: Path, paigo: FakePaigo) -> None:
+        self.directory = directory
+        self.socket = directory / "ingest.sock"
+        self.config = directory / "agent.toml"
+        self.config.write_text(
+            f'[spool]\ndir = "{directory / "spool"}"\nmin_free_bytes = 0\n'
+            f'[ingest]\nlisten = ""\nunix_socket = "{self.socket}"\n'
+            f'[upstream]\nurl = "{paigo.usage_url}"\ntoken_url = "{paigo.token_url}"\n'
+            f'client_id = "{paigo.client_id}"\nclient_secret = "{paigo.client_secret}"\n'
+            "concurrency = 16\nunknown_settle_s = 1.0\n"
+            "[retry]\ninitial_backoff_s = 0.1\nmax_backoff_s = 1.0\n"
+        )
+        self.log = directory / "agent.log"
+        self.proc: subprocess.Popen[bytes] | None = None
 
-async def demo(directory: Path) -> None:
-    paigo = FakePaigo(dimensions=[{"dimensionId": "api-calls", "aggregationMethod": "sum"}])
-    await paigo.start()
-    config = from_mapping(
-        {
-            "spool": {"dir": str(directory / "spool"), "min_free_bytes": 0},
-            "ingest": {"listen": "127.0.0.1:0", "unix_socket": str(directory / "ingest.sock")},
-            "upstream": {
-                "url": paigo.usage_url,
-                "token_url": paigo.token_url,
-                "client_id": paigo.client_id,
-                "client_secret": paigo.client_secret,
-            },
-            "retry": {"initial_backoff_s": 0.1, "max_backoff_s": 1.0},
-        },
-        "demo",
-    )
-    service = Service(config)
-    await service.start()
-    url = service.addresses[0]
-    print(f"usage-agent on {', '.join(service.addresses)}; Paigo stand-in on {paigo.url}")
-    async with aiohttp.ClientSession() as http:
-
-        async def post(title: str, body: object, **headers: str) -> None:
-            headers = {"Content-Type": "application/json", **headers}
-            async with http.post(f"{url}/usage", data=orjson.dumps(body), headers=headers) as resp:
-                show(title, resp.status, await resp.read())
-
-        await post("POST /usage (one record)", record(1))
-        await post("POST /usage (an array of 3)", [record(n) for n in (2, 3, 4)])
-        await post("POST /usage (a float and a typo)", record(5, recordValue=1.5, customerID="x"))
-        await wait_for(
-            lambda: (
-                service.state is not None
-                and service.state.catalog is not None
-                and service.state.catalog.fresh
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "USAGE_AGENT_LOG_FORMAT": "text"},
             )
-        )
-        await post("POST /usage (1e3: Paigo would refuse it)", record(7, recordValue="1e3"))
-        await post("POST /usage (a dimension Paigo lacks)", record(7, dimensionId="api-call"))
-        await post(
-            "POST /usage, Idempotency-Key: order-1", record(6), **{"Idempotency-Key": "order-1"}
-        )
-        await post("the same request again", record(6), **{"Idempotency-Key": "order-1"})
-        await wait_for(lambda: len(paigo.records) >= 5)
-        print(f"\nPaigo has {len(paigo.records)} records")
 
-        print("\nPaigo goes down (503 to everything); the app keeps posting ...")
-        paigo.fail_next(10**9, 503)
-        await post("POST /usage (100 records)", [record(n) for n in range(100, 200)])
-        await asyncio.sleep(1.0)
-        async with http.get(f"{url}/status") as resp:
-            status = orjson.loads(await resp.read())
-        backlog = status["spool"]["backlog_records"]
-        print(f"  backlog {backlog} records on disk; Paigo has {len(paigo.records)}")
-        print("Paigo comes back ...")
-        paigo.fail_next(0)
-        await wait_for(lambda: len(paigo.records) >= 105)
-        values = sorted(int(r["recordValue"]) for r in paigo.records)
-        distinct = len(set(values))
-        print(
-            f"  Paigo has {len(paigo.records)} records, {distinct} distinct: none lost or doubled"
-        )
-    await service.stop()
-    await paigo.stop()
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
 
-def main() -> None:
+async def demo(directory: Path, plan: Plan, out: TextIO) -> bool:
+    paigo = FakePaigo(dimensions=[{"dimensionId": d} for d in DIMENSIONS])
+    await paigo.start()
+    agent = AgentRun(directory, paigo)
+    tally = Tally()
+    try:
+        agent.start()
+        client = AsyncUsageClient(unix_socket=str(agent.socket), deadline_s=60.0)
+        total = plan.apps * plan.records_per_app
+        say(out, f"Paigo stand-in on {paigo.url}; usage-agent on unix:{agent.socket}")
+        say(out, f"{plan.apps} apps post {total:,} records through agent.client")
+        apps = [asyncio.create_task(run_app(client, a, plan, tally)) for a in range(plan.apps)]
+        progress = asyncio.create_task(show_progress(paigo, client, tally, out))
+        await script(paigo, agent, plan, out)
+        await asyncio.gather(*apps)
+        say(out, "apps done; waiting for the agent to deliver the rest")
+        await wait_delivered(paigo, tally, timeout_s=60)
+        progress.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await progress
+        return report(paigo, tally, out)
+    finally:
+        agent.stop()
+        await paigo.stop()
+
+
+async def script(paigo: FakePaigo, agent: AgentRun, plan: Plan, out: TextIO) -> None:
+    """The outage and the crash, at the plan's times."""
+    started = time.monotonic()
+
+    async def at(seconds: float) -> None:
+        await asyncio.sleep(max(0.0, started + seconds - time.monotonic()))
+
+    await at(plan.paigo_down_at_s)
+    paigo.fail_next(10**9, 503)
+    say(out, "Paigo is down: every request gets 503; the agent keeps accepting")
+    await at(plan.kill_at_s)
+    agent.kill()
+    say(out, "the agent is killed with SIGKILL; the apps' client retries")
+    await asyncio.sleep(plan.restart_after_s)
+    agent.start()
+    say(out, "the agent is started again: it recovers its spool")
+    await at(plan.paigo_back_at_s)
+    paigo.fail_next(0)
+    say(out, "Paigo is back")
+
+
+def delivered_events(paigo: FakePaigo) -> Counter[str]:
+    return Counter(str(r.get("metadata", {}).get("event")) for r in paigo.stored())
+
+
+async def wait_delivered(paigo: FakePaigo, tally: Tally, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if set(delivered_events(paigo)) >= tally.accepted:
+            await asyncio.sleep(0.5)  # anything arriving late would be a double: wait for it
+            return
+        await asyncio.sleep(0.1)
+
+
+async def show_progress(
+    paigo: FakePaigo, client: AsyncUsageClient, tally: Tally, out: TextIO
+) -> None:
+    live = out.isatty()
+    while True:
+        try:
+            status = (await client.request("GET", "/status")).body
+            spooled = f"{status['spool']['backlog_records']:,}"
+        except (AgentUnavailable, KeyError, TypeError):
+            spooled = "(agent down)"
+        line = (
+            f"accepted {len(tally.accepted):>6,}   spooled {spooled:>12}   "
+            f"delivered {len(delivered_events(paigo)):>6,}   "
+            f"refused by Paigo (retrying) {paigo.statuses[503]:>6,}"
+        )
+        out.write(f"\r{line}" if live else f"  {line}\n")
+        out.flush()
+        await asyncio.sleep(0.2 if live else 2.0)
+
+
+def report(paigo: FakePaigo, tally: Tally, out: TextIO) -> bool:
+    held = delivered_events(paigo)
+    lost = tally.accepted - set(held)
+    doubled = {event for event, times in held.items() if times > 1}
+    extra = set(held) - tally.accepted
+    say(out, "")
+    for event in tally.events[:5]:
+        say(out, f"  {event}")
+    say(
+        out,
+        f"tally: accepted {len(tally.accepted):,}, delivered {len(held):,}, "
+        f"lost {len(lost)}, doubled {len(doubled)}, unexpected {len(extra)}, "
+        f"refused at ingest {tally.refused}",
+    )
+    ok = not lost and not doubled and not extra and tally.refused == 0
+    say(out, "accepted = delivered: nothing lost, nothing doubled" if ok else "MISMATCH")
+    return ok
+
+
+def say(out: TextIO, text: str) -> None:
+    out.write(("\n" if out.isatty() else "") + text + "\n")
+    out.flush()
+
+
+def main(short: bool = False) -> int:
     with tempfile.TemporaryDirectory(prefix="usage-agent-demo-") as directory:
-        asyncio.run(demo(Path(directory)))
+        ok = asyncio.run(demo(Path(directory), SHORT if short else FULL, sys.stdout))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main("--short" in sys.argv))
