@@ -183,3 +183,30 @@ def test_the_log_is_json_lines_in_utc_with_the_version_bounds_and_recovered_reco
     starts = [e["message"] for e in events if "starting" in e["message"]]
     assert len(starts) == 2 and __version__ in starts[0] and "max_bytes" in starts[0]
     assert any(e["message"] == "recovered 4 records pending delivery" for e in events)
+
+
+def test_the_dev_configuration_runs_from_a_checkout_without_root(tmp_path: Path):
+    """config/agent.dev.toml: every path relative, the upstream the stand-in on loopback;
+    an agent started with it in an empty directory comes up (on a free port)."""
+    dev = Path(__file__).parents[1] / "config" / "agent.dev.toml"
+    cfg = load(str(dev), {}).config
+    assert not Path(cfg.spool.dir).is_absolute() and not Path(cfg.ingest.unix_socket).is_absolute()
+    assert cfg.upstream.url.startswith("http://127.0.0.1:")
+    agent = AgentProcess(tmp_path)
+    env = {"USAGE_AGENT_CONFIG": str(dev), "USAGE_AGENT_INGEST_LISTEN": f"127.0.0.1:{agent.port}"}
+    agent.start(wait=False, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 20
+        while not alive(agent):
+            assert time.monotonic() < deadline, agent.log()
+            time.sleep(0.05)
+        assert (tmp_path / ".usage-agent" / "ingest.sock").exists()
+    finally:
+        agent.kill()
+
+
+def alive(agent: AgentProcess) -> bool:
+    try:
+        return agent.request("GET", "/healthz")[0] == 200
+    except OSError:
+        return False

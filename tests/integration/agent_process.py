@@ -58,7 +58,9 @@ class AgentProcess:
         self.log_path = directory / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> AgentProcess:
+    def start(
+        self, wait: bool = True, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> AgentProcess:
         """Run the agent on this configuration file; with `env`, on that environment alone
         and no --config (the configuration must come from `env`)."""
         config = [] if env is not None else ["--config", str(self.config_path)]
@@ -68,6 +70,7 @@ class AgentProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=None if env is None else {"PATH": os.environ["PATH"], **env},
+                cwd=cwd,
             )
         if wait:
             self.wait_ready()
