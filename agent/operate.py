@@ -94,7 +94,10 @@ def status_lines(body: dict[str, Any]) -> list[str]:
         )
         rows += [
             ("delivery", f"{delivery.get('mode')}, {state}"),
-            ("in flight", f"{delivery.get('in_flight')} of {int(delivery.get('concurrency_limit') or 0)}"),
+            (
+                "in flight",
+                f"{delivery.get('in_flight')} of {int(delivery.get('concurrency_limit') or 0)}",
+            ),
             ("delivered", f"{delivery.get('delivered', 0):,}"),
             ("dead letters", f"{delivery.get('dead_lettered', 0):,}"),
             ("parked pairs", parked or "none"),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+
+import pytest
 
 from agent.config import RetryConfig
 from agent.delivery.gate import INITIAL_LIMIT, Gate
@@ -62,6 +65,22 @@ def test_failures_in_a_row_make_every_sender_wait_longer_up_to_the_cap():
     gate.succeeded()
     gate.failed(gate.ticket, overload=False)
     assert gate.paused_for() == 0.0  # a success starts the count again
+
+
+def test_the_end_of_an_outage_is_logged_with_its_length_and_what_waits(
+    caplog: pytest.LogCaptureFixture,
+):
+    clock = Clock()
+    gate = Gate(64, RetryConfig(circuit_failures=3), clock=clock)
+    gate.waiting_records = lambda: 1234
+    for _ in range(3):
+        gate.failed(gate.ticket, overload=False)
+    clock.now += 42
+    with caplog.at_level(logging.WARNING):
+        gate.succeeded()
+        gate.succeeded()
+    recovered = [r.getMessage() for r in caplog.records if "recovered" in r.getMessage()]
+    assert recovered == ["upstream recovered after 42 s, 1234 records waiting"]
 
 
 def test_a_lone_failure_among_successes_pauses_nobody():

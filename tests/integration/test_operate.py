@@ -81,3 +81,51 @@ def test_send_says_why_a_record_is_refused_and_exits_1(tmp_path: Path, agents: l
     assert "record 0, recordValue" in bad.stderr and 'write "5"' in bad.stderr
     not_json = usage_agent(agent, "send", stdin=b"{nope")
     assert not_json.returncode == 1 and "not JSON or NDJSON" in not_json.stderr
+
+
+SECRET = "qx-distinctive-secret-5e9a"
+TOKEN = "qx-distinctive-ingest-token-77c1"
+
+
+def test_no_sub_command_prints_a_secret_or_the_ingest_token(
+    tmp_path: Path, agents: list[AgentProcess]
+):
+    token_file = tmp_path / "ingest-token"
+    token_file.write_text(TOKEN + "\n")
+    agent = AgentProcess(
+        tmp_path,
+        ingest={"token_file": str(token_file)},
+        upstream={"client_secret": SECRET, "url": f"https://u:{SECRET}@usage.example.com/usage"},
+    )
+    agents.append(agent.start())
+    outputs = []
+    for args in (
+        ("check-config",),
+        ("check-config", "--json"),
+        ("health",),
+        ("health", "--ready"),
+        ("status",),
+        ("status", "--json"),
+        ("spool", "inspect"),
+        ("spool", "inspect", "--json"),
+        ("dlq", "list"),
+    ):
+        result = usage_agent(agent, *args)
+        assert result.returncode == 0, (args, result.stderr)
+        outputs.append(result.stdout + result.stderr)
+    sent = usage_agent(agent, "send", stdin=orjson.dumps(record(1)))
+    assert sent.returncode == 0, sent.stderr  # /usage and /status took the token
+    outputs += [sent.stdout + sent.stderr, agent.log()]
+    for text in outputs:
+        assert SECRET not in text and TOKEN not in text
+
+
+def test_a_spool_directory_that_cannot_be_made_exits_2_with_one_line(tmp_path: Path):
+    (tmp_path / "a-file").write_text("")
+    agent = AgentProcess(tmp_path, spool={"dir": str(tmp_path / "a-file" / "spool")})
+    result = usage_agent(agent, "run")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert "Traceback" not in result.stderr
+    assert len([line for line in lines if line.startswith("usage-agent:")]) == 1
+    assert "a-file" in result.stderr
