@@ -64,9 +64,14 @@ class HttpServer:
         self._servers.append(server)
         return [sock.getsockname()[1] for sock in server.sockets]
 
-    async def listen_unix(self, sock: socket.socket) -> None:
-        """Serve on an already bound unix socket (its path and mode are the caller's)."""
-        self._servers.append(await self._loop().create_unix_server(self._connection, sock=sock))
+    async def listen_socket(self, sock: socket.socket) -> None:
+        """Serve on an already bound socket, unix or TCP (its address and mode are the
+        caller's, or systemd's)."""
+        if sock.family == socket.AF_UNIX:
+            server = await self._loop().create_unix_server(self._connection, sock=sock)
+        else:
+            server = await self._loop().create_server(self._connection, sock=sock, backlog=1024)
+        self._servers.append(server)
 
     async def close(self, grace_s: float) -> None:
         """Stop listening; answer what is under way (then close each connection) for up to

@@ -46,8 +46,12 @@ from agent.metrics import Metrics
 from agent.records import Rules
 from agent.spool import Spool
 from agent.spool.space import DRAIN_RESERVE
+from agent.systemd import Notifier, listen_sockets
 
 log = logging.getLogger(__name__)
+
+RECOVERY_BUDGET_S = 120.0  # what start-up may take before systemd gives up on it
+STOP_MARGIN_S = 5.0  # beyond shutdown_grace_s: closing the spool, persisting the cursor
 
 
 def bind_unix_socket(ingest: IngestConfig) -> socket.socket:
@@ -97,17 +101,6 @@ class StartFailed(AgentError):
     """The agent could not start (the reason names what and where); nothing was served."""
 
 
-def sd_notify(message: str) -> None:
-    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
-        sock.sendto(message.encode(), address)
-
-
 class Service:
     """Every part, built from one Config; `start` brings them up, `stop` takes them down
     in the order this module's docstring gives (also after a failed start)."""
@@ -122,6 +115,7 @@ class Service:
         self.sender: Sender | None = None
         self._stack = contextlib.AsyncExitStack()
         self._deadline = 0.0
+        self.systemd = Notifier()
 
     async def start(self) -> None:
         try:
@@ -130,11 +124,25 @@ class Service:
             await self.stop()
             raise
         log.info("usage-agent ready on %s; spool %s", ", ".join(self.addresses), self.spool.dir)
-        sd_notify("READY=1")
+        self.systemd.ready(self.status_line())
+        keep_alive = asyncio.create_task(self.systemd.keep_alive(self.status_line), name="systemd")
+        self._stack.push_async_callback(_cancel, keep_alive)
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: the backlog and the delivery state."""
+        age = oldest_unsent_age(self.spool)
+        line = f"backlog {self.spool.backlog} records"
+        if age is not None:
+            line += f", oldest {age:.0f} s"
+        if self.sender is not None:
+            degraded = self.sender.status().degraded
+            line += f"; delivery degraded: {degraded}" if degraded else "; delivery working"
+        return line
 
     async def _start(self) -> None:
         token = self.config.ingest.token.encode() or None
         stack = self._stack
+        self.systemd.extend_timeout(RECOVERY_BUDGET_S)  # recovery reads the idempotency keys
         self.spool.open()
         stack.push_async_callback(self.spool.close)
         spool = self.config.spool
@@ -164,6 +172,10 @@ class Service:
         limits = Limits(ingest.max_request_bytes, ingest.body_timeout_s, ingest.keepalive_timeout_s)
         server = HttpServer(routes(state), lambda error: refused_by_http(state, error), limits)
         stack.push_async_callback(server.close, self.config.shutdown_grace_s)
+        stack.callback(setattr, state, "shutting_down", True)  # runs first at stop
+        if activated := listen_sockets():
+            await self._serve_activated(server, activated)
+            return
         if ingest.listen:
             host, port = parse_listen(ingest.listen)
             ports = await server.listen_tcp(host, port)
@@ -171,9 +183,25 @@ class Service:
         if ingest.unix_socket:
             sock = bind_unix_socket(ingest)
             stack.callback(Path(ingest.unix_socket).unlink, missing_ok=True)
-            await server.listen_unix(sock)
+            await server.listen_socket(sock)
             self.addresses.append(f"unix:{ingest.unix_socket}")
-        stack.callback(setattr, state, "shutting_down", True)
+
+    async def _serve_activated(
+        self, server: HttpServer, activated: list[tuple[str, socket.socket]]
+    ) -> None:
+        """Serve on the sockets systemd passed (socket activation) instead of binding
+        ingest.listen and ingest.unix_socket: systemd owns them, and keeps them listening
+        while the agent restarts."""
+        for name, sock in activated:
+            await server.listen_socket(sock)
+            where = sock.getsockname()
+            address = (
+                f"unix:{where}"
+                if sock.family == socket.AF_UNIX
+                else f"http://{where[0]}:{where[1]}"
+            )
+            self.addresses.append(address)
+            log.info("serving on %s from systemd (%s)", address, name)
 
     async def _start_delivery(self, state: IngestState) -> None:
         upstream = self.config.upstream
@@ -266,7 +294,8 @@ class Service:
         await sender.stop(max(0.0, self._deadline - time.monotonic()))
 
     async def stop(self) -> None:
-        sd_notify("STOPPING=1")
+        self.systemd.stopping()
+        self.systemd.extend_timeout(self.config.shutdown_grace_s + STOP_MARGIN_S)
         self._deadline = time.monotonic() + self.config.shutdown_grace_s
         await self._stack.aclose()
         log.info("usage-agent stopped; %d records kept in %s", self.spool.backlog, self.spool.dir)
@@ -280,6 +309,7 @@ class Service:
         try:
             await self.start()
         except (OSError, AgentError) as exc:  # a port in use, a locked or unsafe spool ...
+            self.systemd.failed(exc)
             raise StartFailed(str(exc)) from None
         try:
             await stopping.wait()

@@ -156,7 +156,7 @@ def test_run_without_config_takes_everything_from_the_environment(tmp_path: Path
             "PAIGO_CLIENT_ID": paigo.client_id,
             "PAIGO_CLIENT_SECRET": SECRET,
         }
-        agent.start(env=env)
+        agent.start(env=env, with_config=False)
         try:
             assert agent.post(record(1))[0] == 202
             deadline = time.monotonic() + 20
@@ -194,7 +194,7 @@ def test_the_dev_configuration_runs_from_a_checkout_without_root(tmp_path: Path)
     assert cfg.upstream.url.startswith("http://127.0.0.1:")
     agent = AgentProcess(tmp_path)
     env = {"USAGE_AGENT_CONFIG": str(dev), "USAGE_AGENT_INGEST_LISTEN": f"127.0.0.1:{agent.port}"}
-    agent.start(wait=False, env=env, cwd=tmp_path)
+    agent.start(wait=False, env=env, cwd=tmp_path, with_config=False)
     try:
         deadline = time.monotonic() + 20
         while not alive(agent):

@@ -336,7 +336,7 @@ async def test_the_unix_socket_serves_the_same_routes(server: HttpServer, tmp_pa
     path = tmp_path / "s.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(str(path))
-    await server.listen_unix(sock)
+    await server.listen_socket(sock)
     reader, writer = await asyncio.open_unix_connection(str(path))
     writer.write(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (await read_response(reader))[2] == b'{"hello":"world"}'

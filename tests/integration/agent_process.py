@@ -59,17 +59,23 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(
-        self, wait: bool = True, env: dict[str, str] | None = None, cwd: Path | None = None
+        self,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        with_config: bool = True,
     ) -> AgentProcess:
-        """Run the agent on this configuration file; with `env`, on that environment alone
-        and no --config (the configuration must come from `env`)."""
-        config = [] if env is not None else ["--config", str(self.config_path)]
+        """Run the agent on this configuration file, or (`with_config=False`) with no
+        --config: then on `env` alone. `env` is added to this process's environment
+        otherwise."""
+        config = ["--config", str(self.config_path)] if with_config else []
+        base = dict(os.environ) if with_config else {"PATH": os.environ["PATH"]}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", *config],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=None if env is None else {"PATH": os.environ["PATH"], **env},
+                env={**base, **(env or {})},
                 cwd=cwd,
             )
         if wait:
