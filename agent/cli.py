@@ -55,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     logs.configure(cfg.log.level, cfg.log.format)
     try:
-        asyncio.run(Service(cfg).run())
+        asyncio.run(Service(cfg).run(reread=lambda: _load(args)))
     except StartFailed as exc:
         print(f"usage-agent: cannot start: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import socket
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 from prometheus_client import CollectorRegistry
@@ -116,6 +118,7 @@ class Service:
         self._stack = contextlib.AsyncExitStack()
         self._deadline = 0.0
         self.systemd = Notifier()
+        self.tokens: TokenManager | None = None
 
     async def start(self) -> None:
         try:
@@ -218,6 +221,7 @@ class Service:
             max_retry_after_s=upstream.max_retry_after_s,
         )
         tokens = TokenManager(upstream, session)
+        self.tokens = tokens
         catalog = (
             await self._start_catalog(uplink, tokens) if upstream.dimensions == "auto" else None
         )
@@ -300,12 +304,38 @@ class Service:
         await self._stack.aclose()
         log.info("usage-agent stopped; %d records kept in %s", self.spool.backlog, self.spool.dir)
 
-    async def run(self) -> None:
-        """Start, serve until SIGTERM or SIGINT, stop."""
+    def reload(self, fresh: Config) -> None:
+        """SIGHUP: take what can change without a restart from `fresh` (the configuration
+        read again): the log level, the ingest token, the Paigo credentials. Any other
+        change is logged as waiting for a restart."""
+        logging.getLogger().setLevel(fresh.log.level.upper())
+        if self.state is not None:
+            self.state.token = fresh.ingest.token.encode() or None
+        if self.tokens is not None:
+            self.tokens.replace_credentials(fresh.upstream)
+        waiting = changed_keys(self.config, fresh) - RELOADABLE
+        self.config = dataclasses.replace(
+            self.config,
+            log=fresh.log,
+            ingest=dataclasses.replace(self.config.ingest, token=fresh.ingest.token),
+        )
+        log.log(
+            logging.WARNING if waiting else logging.INFO,
+            "reloaded: log level %s, ingest token %s, credentials%s",
+            fresh.log.level,
+            "set" if fresh.ingest.token else "none",
+            f"; needs a restart: {', '.join(sorted(waiting))}" if waiting else "",
+        )
+
+    async def run(self, reread: Callable[[], Config] | None = None) -> None:
+        """Start, serve until SIGTERM or SIGINT, stop. SIGHUP calls `reread` and takes what
+        it can of the result (`reload`); a configuration that no longer loads is logged and
+        changes nothing."""
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup, reread)
         try:
             await self.start()
         except (OSError, AgentError) as exc:  # a port in use, a locked or unsafe spool ...
@@ -315,3 +345,36 @@ class Service:
             await stopping.wait()
         finally:
             await self.stop()
+
+    def _on_hangup(self, reread: Callable[[], Config] | None) -> None:
+        if reread is None:
+            log.info("SIGHUP: nothing to reload")
+            return
+        self.systemd.send("RELOADING=1")
+        try:
+            self.reload(reread())
+        except AgentError as exc:
+            log.error("SIGHUP: the configuration was not reloaded: %s", exc)
+        finally:
+            self.systemd.send("READY=1")
+
+
+RELOADABLE: Final = frozenset(
+    {"log.level", "ingest.token", "ingest.token_file", "upstream.client_id",
+     "upstream.client_secret", "upstream.client_secret_file"}
+)  # fmt: skip
+
+
+def changed_keys(old: Config, new: Config) -> set[str]:
+    """The dotted keys whose values differ between `old` and `new`."""
+    changed = set()
+    for section in dataclasses.fields(Config):
+        before, after = getattr(old, section.name), getattr(new, section.name)
+        if not dataclasses.is_dataclass(before):
+            if before != after and section.name != "source":
+                changed.add(section.name)
+            continue
+        for key in dataclasses.fields(before):
+            if getattr(before, key.name) != getattr(after, key.name):
+                changed.add(f"{section.name}.{key.name}")
+    return changed

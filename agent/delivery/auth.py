@@ -76,6 +76,16 @@ class TokenManager:
             self._token = await self._fetch()
             return self._token.value
 
+    def replace_credentials(self, config: UpstreamConfig) -> None:
+        """New client credentials (a reload): the token they replace is dropped, so the
+        next `get` fetches one with them."""
+        if (config.client_id, config.client_secret) != (
+            self._config.client_id,
+            self._config.client_secret,
+        ):
+            self._config = config
+            self._token = None
+
     def invalidate(self, value: str) -> None:
         """The upstream refused `value` (401): the next `get` fetches a new token, unless
         another caller already replaced it."""
