@@ -24,16 +24,14 @@ import signal
 import sys
 from pathlib import Path
 
-import aiohttp
 import orjson
 
-from agent import __version__, config, config_sources, demo, logs, maintenance, operate
-from agent.delivery import reconcile
-from agent.delivery.auth import TokenError
-from agent.delivery.uplink import LookupFailed
+from agent import __version__, config, config_sources, operate
 from agent.errors import AgentError
-from agent.service import Service, StartFailed
-from agent.testing.fake_paigo import FakePaigo
+
+# The other parts (the service, aiohttp, the stand-in) are imported by the sub-commands that
+# use them: `health` is a container's exec probe, run every few seconds, and starts in a
+# fraction of the time without them.
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -52,6 +50,9 @@ def _load(args: argparse.Namespace) -> config.Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from agent import logs
+    from agent.service import Service, StartFailed
+
     cfg = _load(args)
     logs.configure(cfg.log.level, cfg.log.format)
     try:
@@ -78,6 +79,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_fake_paigo(args: argparse.Namespace) -> int:
+    from agent import logs
+    from agent.testing.fake_paigo import FakePaigo
+
     logs.configure("INFO", "auto")
 
     dimensions = orjson.loads(Path(args.dimensions).read_bytes()) if args.dimensions else None
@@ -104,6 +108,12 @@ def cmd_fake_paigo(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from agent.delivery import reconcile
+    from agent.delivery.auth import TokenError
+    from agent.delivery.uplink import LookupFailed
+
     cfg = _load(args)
     try:
         report = asyncio.run(reconcile.reconcile(cfg, args.since, args.until))
@@ -115,6 +125,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_deadletter(args: argparse.Namespace) -> int:
+    from agent import maintenance
+
     cfg = _load(args)
     if args.action == "purge":
         return maintenance.letters_purge(cfg, args.yes)
@@ -129,8 +141,16 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
 
 
 def cmd_spool(args: argparse.Namespace) -> int:
+    from agent import maintenance
+
     directory = Path(args.dir) if args.dir else Path(_load(args).spool.dir)
     return maintenance.spool_inspect(directory, args.json)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent import demo
+
+    return demo.main(args.short)
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -184,7 +204,7 @@ def _other_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         "demo", help="the stand-in, an agent, apps, an outage, a kill"
     )
     demo_parser.add_argument("--short", action="store_true", help="a few seconds, fewer records")
-    demo_parser.set_defaults(handler=lambda args: demo.main(args.short))
+    demo_parser.set_defaults(handler=cmd_demo)
     fake = commands.add_parser("fake-paigo", help="run the local Paigo stand-in")
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=7480)
