@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit demo bench clean crash-states
+.PHONY: test lint typecheck unit demo bench clean crash-states lock
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,3 +41,13 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# deploy/requirements.lock: the wheel's dependencies, pinned with hashes (for the Dockerfile).
+lock: $(STAMP)
+	rm -rf build/lock && mkdir -p build/lock
+	$(BIN)/pip install --quiet pip-tools
+	$(BIN)/pip wheel --quiet --no-deps . -w build/lock
+	echo "paigo-usage-agent @ file://$$(ls $(CURDIR)/build/lock/*.whl)" > build/lock/req.in
+	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --no-header --no-emit-index-url \
+	  --no-emit-find-links --unsafe-package paigo-usage-agent -o build/lock/req.txt build/lock/req.in
+	{ sed -n '1,3p' deploy/requirements.lock; sed '/^# WARNING/,$$d' build/lock/req.txt | sed -e :a -e '/^\n*$$/{$$d;N;ba' -e '}'; } > build/lock/new && mv build/lock/new deploy/requirements.lock
