@@ -11,7 +11,14 @@ import itertools
 from collections import Counter as TallyCounter
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -20,6 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from agent import __version__
 from agent.delivery.status import DeliveryStatus
 from agent.delivery.verify import VerifyStatus
 from agent.spool import Spool
@@ -35,6 +43,13 @@ class Metrics:
         self.registry = registry
         self.ingest = IngestCounts()
         registry.register(_IngestCollector(self.ingest))
+        ProcessCollector(registry=registry)  # process_cpu_seconds_total, resident memory, fds
+        Gauge(
+            "usage_agent_build_info",
+            "The agent's version (always 1).",
+            ["version"],
+            registry=registry,
+        ).labels(__version__).set(1)
         self.fsync_seconds = Histogram(
             "usage_agent_spool_fsync_seconds",
             "Latency of one fdatasync of the spool.",
@@ -173,6 +188,22 @@ class _SpoolCollector(Collector):
         }
         for name, (text, value) in levels.items():
             yield GaugeMetricFamily(name, text, value=value)
+        stats = self._spool.stats
+        yield CounterMetricFamily(
+            "usage_agent_records_lost_to_damage",
+            "Records lost to damaged spool frames over the spool's life (kept across restarts).",
+            value=stats.lost_records_before + stats.lost_records,
+        )
+        yield GaugeMetricFamily(
+            "usage_agent_spool_min_free_bytes",
+            "Free space the spool keeps on its filesystem (spool.min_free_bytes, resolved).",
+            value=status.min_free_bytes,
+        )
+        yield GaugeMetricFamily(
+            "usage_agent_filesystem_free_bytes",
+            "Free bytes on the spool's filesystem (for unprivileged users, as statvfs says).",
+            value=self._spool.space.free_bytes(),
+        )
         age = self._oldest_age()
         yield GaugeMetricFamily(
             "usage_agent_spool_oldest_unsent_age_seconds",

@@ -10,6 +10,7 @@ Directory layout (spool.dir):
 | `cursor`                  | the durable cursor (JSON, replaced atomically, see below)    |
 | `<first seq, 20 digits>.seg` | a segment: a file header, then frames in sequence order   |
 | `quarantine/`             | copies of damaged bytes found while reading, for forensics   |
+| `quarantine/lost.json`    | `{"lost_records": N}`: lost to damage over the spool's life  |
 | `segment.spare`           | a zero-filled file, renamed into the next segment (see below) |
 | `segment.spare.tmp`       | a spare being filled; deleted at open                        |
 
@@ -255,6 +256,10 @@ def cursor_path(directory: Path) -> Path:
 
 def lock_path(directory: Path) -> Path:
     return directory / "LOCK"
+
+
+def lost_path(directory: Path) -> Path:
+    return directory / "quarantine" / "lost.json"
 
 
 def quarantine_path(directory: Path, segment_first: int, offset: int) -> Path:

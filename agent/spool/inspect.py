@@ -16,6 +16,7 @@ from typing import Final
 from agent.errors import SpoolError
 from agent.records import decode_envelope
 from agent.spool import format as fmt
+from agent.spool.reader import load_lost
 from agent.spool.recovery import list_segments
 
 SIDE_SPOOLS: Final = ("ledger", "idempotency", "verify")
@@ -43,6 +44,7 @@ class SpoolReport:
     newest_received: str | None = None
     quarantined_files: int = 0
     quarantined_bytes: int = 0
+    lost_records: int = 0  # to damage, over the spool's life (as far as the agent has read)
     side_spools: dict[str, SpoolReport] = field(default_factory=dict)
     dead_letters_bytes: int = 0
 
@@ -76,9 +78,10 @@ def inspect(directory: Path, with_sides: bool = True) -> SpoolReport:
     report.newest_received = _time(newest_ms)
     quarantine = directory / "quarantine"
     if quarantine.is_dir():
-        files = [p for p in quarantine.iterdir() if p.is_file()]
+        files = [p for p in quarantine.iterdir() if p.is_file() and p.suffix == ".bin"]
         report.quarantined_files = len(files)
         report.quarantined_bytes = sum(p.stat().st_size for p in files)
+    report.lost_records = load_lost(directory)
     letters = directory / "deadletter.jsonl"
     report.dead_letters_bytes = letters.stat().st_size if letters.exists() else 0
     if with_sides:
@@ -137,7 +140,8 @@ def report_lines(report: SpoolReport) -> list[str]:
         f" ({report.pending_records:,} records not yet delivered)",
         f"  oldest pending  {report.oldest_pending_received or '-'}",
         f"  newest          {report.newest_received or '-'}",
-        f"  quarantined     {report.quarantined_files} files, {report.quarantined_bytes:,} bytes",
+        f"  quarantined     {report.quarantined_files} files, {report.quarantined_bytes:,} bytes"
+        f" ({report.lost_records:,} records lost to damage)",
         f"  dead letters    {report.dead_letters_bytes:,} bytes",
     ]
     for seg in report.segments:

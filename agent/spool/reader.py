@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import orjson
+
 from agent.fsio import write_atomically
 from agent.spool import format as fmt
 
@@ -34,7 +36,8 @@ class SpoolStats:
 
     appended_records: int = 0
     fsyncs: int = 0
-    lost_records: int = 0
+    lost_records: int = 0  # since this process opened the spool
+    lost_records_before: int = 0  # by earlier runs (quarantine/lost.json)
     quarantined_bytes: int = 0
     damage_events: int = 0
     torn_tail_bytes: int = 0
@@ -55,6 +58,25 @@ class ReadResult:
     entries: list[Entry]
     lost: list[int]  # seqs whose frames were damaged
     positions: dict[int, tuple[int, int]]  # seq -> (segment, offset) of each entry
+
+
+def load_lost(directory: Path) -> int:
+    """Records lost to damage by earlier runs of this spool (0 when none or unreadable)."""
+    try:
+        value = orjson.loads(fmt.lost_path(directory).read_bytes()).get("lost_records", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return value if isinstance(value, int) else 0
+
+
+def save_lost(directory: Path, stats: SpoolStats) -> None:
+    """Keep the spool's lifetime count of lost records, for the counter that survives a
+    restart; a failure to keep it is logged, never raised (the records are gone anyway)."""
+    total = stats.lost_records_before + stats.lost_records
+    try:
+        write_atomically(fmt.lost_path(directory), orjson.dumps({"lost_records": total}))
+    except OSError as exc:
+        log.error("could not keep the count of lost records (%d): %s", total, exc)
 
 
 def quarantine(directory: Path, stats: SpoolStats, segment: int, offset: int, data: bytes) -> None:
@@ -114,7 +136,9 @@ class SpoolReader:
             taken += len(frame.payload)
             self.seq = frame.seq + 1
             self.offset = end
-        self.stats.lost_records += len(lost)
+        if lost:
+            self.stats.lost_records += len(lost)
+            save_lost(self.dir, self.stats)
         return ReadResult(entries, lost, positions)
 
     def _read_run(

@@ -92,6 +92,11 @@ class Space:
             raise SpoolFull(why)
         self._free -= size
 
+    def free_bytes(self) -> int:
+        """Free bytes on the filesystem now (statvfs, what an unprivileged user may use)."""
+        st = os.statvfs(self.dir)
+        return st.f_bavail * st.f_frsize
+
     def full_reason(self) -> str:
         """Why an append would be refused now ("" when it would not): for readiness. The
         size probed is that of the last refused append, until one of its size would fit."""
@@ -103,8 +108,7 @@ class Space:
     def _refusal(self, size: int, pending: int) -> str:
         now = self._clock()
         if now - self._checked_at > FREE_SPACE_TTL_S:
-            st = os.statvfs(self.dir)
-            self._free = st.f_bavail * st.f_frsize - pending
+            self._free = self.free_bytes() - pending
             self._others_bytes = sum(other() for other in self._others)
             self._checked_at = now
         if self._used() + self._others_bytes + pending + size > self.max_bytes:

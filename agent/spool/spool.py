@@ -48,7 +48,7 @@ from agent.fsio import fsync_dir, write_atomically
 from agent.logs import Throttled
 from agent.records import agent_record_ids
 from agent.spool import format as fmt
-from agent.spool.reader import Entry, ReadView, SpoolReader, SpoolStats
+from agent.spool.reader import Entry, ReadView, SpoolReader, SpoolStats, load_lost
 from agent.spool.recovery import (
     Segment,
     check_directory,
@@ -150,6 +150,7 @@ class Spool:
         check_directory(self.dir)
         (self.dir / "quarantine").mkdir(exist_ok=True, mode=0o750)
         self._lock_fd = lock_directory(self.dir)
+        self.stats.lost_records_before = load_lost(self.dir)
         self.space.reserve = reserve_for(self.dir, self.config.min_free_bytes, self._drain_reserve)
         fmt.spare_tmp_path(self.dir).unlink(missing_ok=True)  # a fill cut short by a crash
         cursor = load_cursor(self.dir, FIRST_SEQ)
