@@ -1,0 +1,146 @@
+"""Benchmark of delivery across a network: the stand-in answers each request after a delay.
+
+Run: .venv/bin/python bench/network.py [--seconds S] [--concurrency 32 256] [--catch-up N]
+
+One record per request (Paigo's API), effectively-once and at-least-once. For each round
+trip (0, 20, 80 and 200 ms added by the stand-in before it answers) and each
+`upstream.concurrency`: records/s from the agent's readiness until its spool is empty, the
+sends in flight (mean of /status samples every 50 ms), the agent's CPU µs per record, and
+the bound `concurrency / RTT` measured in the same run (at 0 ms the bound is the stand-in's
+own rate, not shown). The backlog of each row is sized to take about `--seconds` at the
+bound. `--catch-up N`: N records at 80 ms, time to empty, for each concurrency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from drain import call, cpu_seconds, fill, stand_in  # bench/drain.py
+from ingest import free_port, wait_port  # bench/ingest.py
+
+DELAYS_S = (0.0, 0.02, 0.08, 0.2)
+
+
+@dataclass
+class Row:
+    delivery: str
+    concurrency: int
+    delay_s: float
+    records: int
+    rate: float
+    in_flight: float
+    cpu_us: float
+
+    @property
+    def bound(self) -> float | None:
+        return self.concurrency / self.delay_s if self.delay_s else None
+
+
+def run(root: Path, fake_url: str, *, delivery: str, concurrency: int, delay: float, n: int) -> Row:
+    name = f"{delivery}-{concurrency}-{int(delay * 1000)}"
+    spool_dir = root / f"spool-{name}"
+    asyncio.run(fill(spool_dir, n))
+    call(f"{fake_url}/_fake/reset", {})
+    call(f"{fake_url}/_fake/faults", {"delay_s": delay})
+    port = free_port()
+    config = root / f"{name}.toml"
+    config.write_text(
+        f'[spool]\ndir = "{spool_dir}"\nmin_free_bytes = 0\nmax_bytes = {64 * 1024**3}\n'
+        f'[ingest]\nlisten = "127.0.0.1:{port}"\nunix_socket = ""\n'
+        f'[upstream]\nurl = "{fake_url}/usage"\ntoken_url = "{fake_url}/oauth/token"\n'
+        'client_id = "test-client"\nclient_secret = "test-secret"\ndimensions = "off"\n'
+        f'delivery = "{delivery}"\nconcurrency = {concurrency}\nunknown_settle_s = 0.5\n'
+        '[verify]\nmode = "off"\n[log]\nlevel = "WARNING"\n'
+    )
+    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)])
+    samples: list[float] = []
+    try:
+        wait_port(port)
+        started = time.perf_counter()
+        while True:
+            status: dict[str, Any] = call(f"http://127.0.0.1:{port}/status")
+            samples.append(float(status["delivery"]["in_flight"]))
+            if not status["spool"]["backlog_records"]:
+                break
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(agent.pid)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=60)
+        call(f"{fake_url}/_fake/faults", {"delay_s": 0})
+    mean = statistics.fmean(samples) if samples else 0.0
+    return Row(delivery, concurrency, delay, n, n / elapsed, mean, cpu / n * 1e6)
+
+
+def show(row: Row) -> None:
+    bound = f"{row.bound:,.0f}" if row.bound else "-"
+    ratio = f"{row.rate / row.bound:.2f}" if row.bound else "-"
+    cells = (
+        row.delivery,
+        row.concurrency,
+        f"{row.delay_s * 1000:.0f} ms",
+        f"{row.records:,}",
+        f"{row.rate:,.0f}",
+        f"{row.in_flight:.1f}",
+        f"{row.cpu_us:.0f}",
+        bound,
+        ratio,
+    )
+    print(" ".join(f"{c!s:>16}" for c in cells), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="a row's length at its bound")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--delivery", nargs="+", default=["effectively-once", "at-least-once"])
+    parser.add_argument("--max-records", type=int, default=60_000)
+    parser.add_argument("--catch-up", type=int, default=0, help="records for the catch-up run")
+    parser.add_argument("--dir", default=None)
+    args = parser.parse_args()
+    with stand_in("bench-network-", args.dir) as (root, fake_url):
+        header = ("delivery", "concurrency", "RTT", "records", "records/s", "in flight",
+                  "CPU us/record", "bound", "ratio")  # fmt: skip
+        print(" ".join(f"{h:>16}" for h in header))
+        for delivery in args.delivery:
+            for concurrency in args.concurrency:
+                for delay in DELAYS_S:
+                    at_bound = concurrency / delay if delay else args.max_records
+                    n = int(min(args.max_records, max(2_000, at_bound * args.seconds)))
+                    show(
+                        run(
+                            root,
+                            fake_url,
+                            delivery=delivery,
+                            concurrency=concurrency,
+                            delay=delay,
+                            n=n,
+                        )
+                    )
+        if args.catch_up:
+            print(f"\ncatch-up: {args.catch_up:,} records at 80 ms, effectively-once")
+            for concurrency in args.concurrency:
+                row = run(
+                    root,
+                    fake_url,
+                    delivery="effectively-once",
+                    concurrency=concurrency,
+                    delay=0.08,
+                    n=args.catch_up,
+                )
+                print(f"  concurrency {concurrency}: {row.records / row.rate:,.0f} s "
+                      f"({row.rate:,.0f} records/s)", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
