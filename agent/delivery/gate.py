@@ -12,9 +12,10 @@
 * **Pause**: a Retry-After (429, 503) holds every sender until then.
 * **Circuit**: after `retry.circuit_failures` failures in a row, one send at a time; the
   first success closes it.
-* **Pace** (AIMD): the number of sends in flight starts low, grows by about one per round
-  of successes up to `upstream.concurrency`, and halves on a 429 or a 5xx, so that after an
-  outage the backlog drains at a pace the upstream shows it can take.
+* **Pace** (`pace.py`): the number of sends in flight adapts to what the upstream takes:
+  it grows (slow start, then additive) while answers are 2xx and the limit binds, up to
+  `upstream.concurrency`; it shrinks on 429 and 5xx, on sends without an answer, and on a
+  rising round-trip time; after an outage it starts again from a jittered low limit.
 * **Degraded**: a configuration problem (refused credentials, 403, every request 404)
   is a reason shown in `/readyz` and `/status`; sends go on one at a time with backoff.
 """
@@ -32,11 +33,11 @@ from tenacity import AsyncRetrying, RetryCallState, wait_exponential, wait_rando
 from tenacity.wait import wait_base
 
 from agent.config import RetryConfig
+from agent.delivery.pace import Pace
 from agent.delivery.policy import Decision, Health
 
 log = logging.getLogger(__name__)
 
-INITIAL_LIMIT: Final = 4.0
 SHARED_FROM: Final = 2  # failures in a row from which every sender waits
 LOG_EVERY_S: Final = 60.0
 
@@ -59,7 +60,7 @@ class Gate:
     ) -> None:
         self.max = max_concurrency
         self.circuit_failures = retry.circuit_failures
-        self.limit = min(INITIAL_LIMIT, float(max_concurrency))
+        self.pace = Pace(max_concurrency, clock=clock)
         self.in_flight = 0
         self.paused_until = 0.0  # no send starts before this (backoff or Retry-After)
         self.failures_in_a_row = 0
@@ -73,6 +74,11 @@ class Gate:
         self._logged_at = -LOG_EVERY_S
         self._failing_since: float | None = None  # when the circuit opened or degraded began
         self.waiting_records: Callable[[], int] = lambda: 0  # for the recovery's log line
+
+    @property
+    def limit(self) -> float:
+        """Sends allowed in flight now, by the pace (the circuit and degraded aside)."""
+        return self.pace.limit
 
     @property
     def circuit_open(self) -> bool:
@@ -97,6 +103,7 @@ class Gate:
         ticket returned goes back with the send's outcome (`record`)."""
         if self.in_flight < self.capacity and self.paused_until <= self._clock():
             self.in_flight += 1  # the usual case, decided without a suspension point
+            self.pace.sent(self.in_flight)
             return self._round
         self._waiting += 1
         try:
@@ -116,6 +123,7 @@ class Gate:
                     continue
                 if self.in_flight < self.capacity:
                     self.in_flight += 1
+                    self.pace.sent(self.in_flight)
                     return
                 await self._changed.wait()
 
@@ -135,7 +143,7 @@ class Gate:
         if health is Health.HEALTHY:
             self.succeeded()
         elif health is Health.FAILING:
-            self.failed(ticket, overload=False)
+            self.failed(ticket, overload=False, unanswered=True)
         elif health is Health.OVERLOADED:
             self.failed(ticket, overload=True)
             if decision.pause_s:
@@ -153,19 +161,24 @@ class Gate:
                 self.waiting_records(),
             )
             self._failing_since = None
+        if self.circuit_open:
+            self.pace.restart()  # after an outage: slow start from a jittered limit
         self.failures_in_a_row = 0
         self.degraded = ""
-        self.limit = min(float(self.max), self.limit + 1.0 / self.limit)
+        self.pace.succeeded()
 
-    def failed(self, ticket: int, *, overload: bool) -> None:
+    def failed(self, ticket: int, *, overload: bool, unanswered: bool = False) -> None:
         """A send that began in round `ticket` failed; `overload` (429, 5xx) also halves
-        the pace. Only a send of the current round counts as a new failure in a row."""
+        the pace, `unanswered` (no answer) cuts it by a quarter. Only a send of the current
+        round counts as a new failure in a row."""
         if ticket != self._round:
             return  # it began before the backoff now in force: already counted
         self._round += 1
         self.failures_in_a_row += 1
         if overload:
-            self.limit = max(1.0, self.limit / 2)
+            self.pace.overloaded()
+        elif unanswered:
+            self.pace.unanswered()
         if self.failures_in_a_row >= SHARED_FROM:
             wait = self.backoff_s(self.failures_in_a_row - SHARED_FROM + 1)
             self.paused_until = max(self.paused_until, self._clock() + wait)

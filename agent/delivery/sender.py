@@ -264,7 +264,10 @@ class Sender:
         body = b"[" + b",".join(i.body for i in items) + b"]" if is_array else items[0].body
         started = time.perf_counter()
         reply = await self._uplink.post(body, token, invoice, array=is_array)
-        self.on_reply(reply, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.on_reply(reply, seconds)
+        if reply.status:
+            self.gate.pace.observe_rtt(seconds)
         self._last = LastResult(reply.status, reply.error, time.time())
         for item in items:
             item.attempts += 1

@@ -8,7 +8,8 @@ import logging
 import pytest
 
 from agent.config import RetryConfig
-from agent.delivery.gate import INITIAL_LIMIT, Gate
+from agent.delivery.gate import Gate
+from agent.delivery.pace import INITIAL_LIMIT
 from agent.delivery.policy import Action, Decision, Health
 
 NO_JITTER = RetryConfig(initial_backoff_s=0.5, max_backoff_s=60, jitter=False, circuit_failures=5)
@@ -22,21 +23,27 @@ class Clock:
         return self.now
 
 
-def test_the_pace_grows_on_success_and_halves_on_overload():
+async def test_the_pace_grows_while_it_binds_and_halves_on_overload():
     gate = Gate(64, NO_JITTER)
     assert gate.limit == INITIAL_LIMIT
-    for _ in range(100):
+    for _ in range(500):  # a busy pipeline: each answer frees a place a new send takes
+        while gate.in_flight < int(gate.limit):
+            await gate.acquire()
         gate.succeeded()
-    grown = gate.limit
-    assert grown > 10
+        await gate.release()
+    assert gate.limit == 64
     gate.failed(gate.ticket, overload=True)
-    assert gate.limit == grown / 2
+    assert gate.limit == 32
     for _ in range(20):
         gate.failed(gate.ticket, overload=True)
     assert gate.limit == 1.0
-    for _ in range(10_000):
-        gate.succeeded()
-    assert gate.limit == 64
+
+
+def test_a_success_that_did_not_need_the_limit_does_not_raise_it():
+    gate = Gate(64, NO_JITTER)
+    for _ in range(1000):
+        gate.succeeded()  # nothing else in flight: one send at a time is all it needs
+    assert gate.limit == INITIAL_LIMIT
 
 
 def test_failures_in_a_row_open_the_circuit_and_a_success_closes_it():
