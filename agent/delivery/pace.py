@@ -9,10 +9,11 @@ the pace must grow to what the rate needs, and shrink when the upstream pushes b
   send, and again after an outage) each such success adds one (the limit doubles each
   round trip); after the first push-back, one per round of successes (additive).
 * **Shrinks on push-back**: a 429 or 5xx halves it, a send without an answer (timeout,
-  reset) takes a quarter off, and a round-trip time well above its long-run level
-  (`RTT_TOLERANCE` times the slow average, and `MIN_RISE_S` more) takes a tenth off, at
-  most once per round trip:
-  queues building up at the upstream show in the latency before they show in errors.
+  reset) takes a quarter off, and a round trip well above the unloaded one (the recent
+  average over `RTT_TOLERANCE` times the least round trip of the last minute or so, plus
+  `MIN_RISE_S`) takes a tenth off, at most once per round trip: queues building up (at
+  the upstream, or in the agent's own event loop) show in the latency before they show
+  in errors, and sends beyond what the round trip allows only add to the queue.
 * **Ceiling** `upstream.concurrency`; floor 1.
 * After an outage it restarts in slow start from a jittered limit, so that agents which
   saw the same outage do not come back in step.
@@ -29,8 +30,8 @@ from typing import Final
 
 INITIAL_LIMIT: Final = 4.0
 RTT_TOLERANCE: Final = 2.0  # a round trip this many times the long-run average is push-back
-FAST_WEIGHT: Final = 0.1  # EWMA weight of a new round trip in the short-run average
-SLOW_WEIGHT: Final = 0.01  # ... and in the long-run average
+FAST_WEIGHT: Final = 0.1  # EWMA weight of a new round trip in the recent average
+BASE_WINDOW_S: Final = 30.0  # the unloaded round trip: the least of this window and the last
 WARM_UP: Final = 20  # round trips measured before latency may shrink the pace
 MIN_RISE_S: Final = 0.005  # a rise smaller than this is noise (loopback, a busy event loop)
 
@@ -47,7 +48,9 @@ class Pace:
         self.limit = min(INITIAL_LIMIT, self.ceiling)
         self.slow_start = True
         self.rtt_fast = 0.0
-        self.rtt_slow = 0.0
+        self._base_now = float("inf")  # the least round trip of this window
+        self._base_before = float("inf")  # ... and of the window before
+        self._window_ends = 0.0
         self._samples = 0
         self._clock = clock
         self._rng = rng or random.Random()
@@ -74,18 +77,25 @@ class Pace:
         """No answer (timeout, reset, refused): take a quarter off."""
         self._cut(0.75)
 
+    @property
+    def rtt_base(self) -> float:
+        """The unloaded round trip: the least seen in the last one or two windows."""
+        return min(self._base_now, self._base_before)
+
     def observe_rtt(self, seconds: float) -> None:
-        """One answered send took `seconds`: a rising round trip is push-back."""
-        if self._samples == 0:
-            self.rtt_fast = self.rtt_slow = seconds
+        """One answered send took `seconds`: a round trip rising over the unloaded one is
+        push-back."""
+        now = self._clock()
+        if now >= self._window_ends:
+            self._base_before, self._base_now = self._base_now, float("inf")
+            self._window_ends = now + BASE_WINDOW_S
+        self._base_now = min(self._base_now, seconds)
+        self.rtt_fast = seconds if self._samples == 0 else self.rtt_fast
         self._samples += 1
         self.rtt_fast += FAST_WEIGHT * (seconds - self.rtt_fast)
-        self.rtt_slow += SLOW_WEIGHT * (seconds - self.rtt_slow)
-        now = self._clock()
         if (
             self._samples > WARM_UP
-            and self.rtt_fast > RTT_TOLERANCE * self.rtt_slow
-            and self.rtt_fast - self.rtt_slow > MIN_RISE_S
+            and self.rtt_fast > RTT_TOLERANCE * self.rtt_base + MIN_RISE_S
             and now - self._last_cut >= self.rtt_fast
         ):
             self._cut(0.9)
