@@ -84,7 +84,7 @@ class UpstreamConfig:
     batch_max_records: int = 500
     batch_max_bytes: int = MiB
     linger_ms: int = 20
-    concurrency: int = 32
+    concurrency: int = 256
     request_timeout_s: float = 10.0
     gzip: bool = False
     record_id_metadata_key: str = DEFAULT_ID_KEY

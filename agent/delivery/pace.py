@@ -33,7 +33,7 @@ RTT_TOLERANCE: Final = 2.0  # a round trip this many times the long-run average 
 FAST_WEIGHT: Final = 0.1  # EWMA weight of a new round trip in the recent average
 BASE_WINDOW_S: Final = 30.0  # the unloaded round trip: the least of this window and the last
 WARM_UP: Final = 20  # round trips measured before latency may shrink the pace
-MIN_RISE_S: Final = 0.005  # a rise smaller than this is noise (loopback, a busy event loop)
+MIN_RISE_S: Final = 0.05  # a rise smaller than this is noise (a busy event loop, jitter)
 
 
 class Pace:
