@@ -50,6 +50,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/spool.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/drain.py
+	$(BIN)/python bench/network.py
+	$(BIN)/python bench/outage.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
