@@ -154,7 +154,7 @@ class Config:
     source: str = "<defaults>"
 
 
-_SECTIONS: Final[dict[str, type[Any]]] = {
+SECTIONS: Final[dict[str, type[Any]]] = {
     "spool": SpoolConfig,
     "ingest": IngestConfig,
     "upstream": UpstreamConfig,
@@ -164,7 +164,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
 }
 
 
-_TOP_LEVEL: Final = {"shutdown_grace_s": "float"}
+TOP_LEVEL: Final = {"shutdown_grace_s": "float"}
 
 
 def resolve_secrets(config: Config, environ: Mapping[str, str]) -> Config:
@@ -252,12 +252,12 @@ def from_mapping(data: dict[str, Any], source: str = "<mapping>") -> Config:
     """Build a Config from parsed TOML (also how tests and the CLI make one)."""
     sections: dict[str, Any] = {}
     for name, table in data.items():
-        if name in _TOP_LEVEL:
-            sections[name] = _typed(table, _TOP_LEVEL[name], name, source)
+        if name in TOP_LEVEL:
+            sections[name] = _typed(table, TOP_LEVEL[name], name, source)
             continue
-        cls = _SECTIONS.get(name)
+        cls = SECTIONS.get(name)
         if cls is None:
-            known = ", ".join([*_TOP_LEVEL, *(f"[{s}]" for s in _SECTIONS)])
+            known = ", ".join([*TOP_LEVEL, *(f"[{s}]" for s in SECTIONS)])
             raise ConfigError(source, name, f"unknown key or section; known: {known}")
         if not isinstance(table, dict):
             raise ConfigError(source, name, "must be a table ([section])")

@@ -55,8 +55,8 @@ class Loaded:
 
 def settable_keys() -> dict[str, str]:
     """Every key a file, the environment or a flag may set, dotted, with its type's name."""
-    keys = {name: kind for name, kind in config._TOP_LEVEL.items()}
-    for section, cls in config._SECTIONS.items():
+    keys = dict(config.TOP_LEVEL)
+    for section, cls in config.SECTIONS.items():
         for spec in dataclasses.fields(cls):
             if "from" not in spec.metadata:
                 keys[f"{section}.{spec.name}"] = str(spec.type)
