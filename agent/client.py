@@ -66,14 +66,23 @@ class _Target:
     """Where the agent is, and what every request to it carries (shared by both clients)."""
 
     def __init__(
-        self, url: str, unix_socket: str | None, token: str | None, timeout_s: float
+        self,
+        url: str = "http://127.0.0.1:7411",
+        *,
+        unix_socket: str | None = None,
+        token: str | None = None,
+        timeout_s: float = 5.0,
+        deadline_s: float = 30.0,
     ) -> None:
+        """`unix_socket` wins over `url` when given; `token`: the agent's ingest token;
+        `timeout_s` one request's, `deadline_s` a post's with its retries."""
         parts = urllib.parse.urlsplit(url)
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or 80
         self._unix_socket = unix_socket
         self._token = token
         self._timeout_s = timeout_s
+        self.deadline_s = deadline_s
 
     def _headers(self, headers: dict[str, str] | None) -> dict[str, str]:
         sent = dict(headers or {})
@@ -133,18 +142,7 @@ class _Retries:
 
 
 class UsageClient(_Target):
-    def __init__(
-        self,
-        url: str = "http://127.0.0.1:7411",
-        *,
-        unix_socket: str | None = None,
-        token: str | None = None,
-        timeout_s: float = 5.0,
-        deadline_s: float = 30.0,
-    ) -> None:
-        """`unix_socket` wins over `url` when given; `token`: the agent's ingest token."""
-        super().__init__(url, unix_socket, token, timeout_s)
-        self.deadline_s = deadline_s
+    """Posts usage to the local agent, blocking (`http.client`)."""
 
     def post(
         self,
@@ -200,18 +198,6 @@ class UsageClient(_Target):
 class AsyncUsageClient(_Target):
     """`UsageClient` for asyncio apps: the same calls, awaited, on the standard library's
     streams (one connection a request, `Connection: close`)."""
-
-    def __init__(
-        self,
-        url: str = "http://127.0.0.1:7411",
-        *,
-        unix_socket: str | None = None,
-        token: str | None = None,
-        timeout_s: float = 5.0,
-        deadline_s: float = 30.0,
-    ) -> None:
-        super().__init__(url, unix_socket, token, timeout_s)
-        self.deadline_s = deadline_s
 
     async def post(
         self,
