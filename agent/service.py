@@ -40,6 +40,7 @@ from agent.delivery.ledger import Ledger
 from agent.delivery.sender import Sender
 from agent.delivery.uplink import LookupFailed, Uplink, refreshing
 from agent.delivery.verify import Verifier
+from agent.delivery.wire import Pool
 from agent.errors import AgentError
 from agent.http_server import HttpServer, Limits
 from agent.idempotency import IdempotencyStore
@@ -213,12 +214,15 @@ class Service:
             headers={"User-Agent": f"usage-agent/{__version__}"},
         )
         self._stack.push_async_callback(session.close)
+        pool = Pool(upstream.url, user_agent=f"usage-agent/{__version__}")
+        self._stack.callback(pool.close)
         uplink = Uplink(
             session,
             upstream.url,
             upstream.request_timeout_s,
             gzip_arrays=upstream.gzip,
             max_retry_after_s=upstream.max_retry_after_s,
+            pool=pool,
         )
         tokens = TokenManager(upstream, session)
         self.tokens = tokens

@@ -25,6 +25,7 @@ import orjson
 
 from agent.delivery.auth import Tokens
 from agent.delivery.reads import rfc3339
+from agent.delivery.wire import NoAnswer, NotSent, Pool
 
 
 class Outcome(enum.Enum):
@@ -137,9 +138,14 @@ class Uplink:
         *,
         gzip_arrays: bool = False,
         max_retry_after_s: float = 300.0,
+        pool: Pool | None = None,
     ) -> None:
+        """`pool`: the lean client (`wire.py`) for the posts; else they go through
+        `session`, as the reads always do."""
         self._session = session
         self._url = url
+        self._pool = pool
+        self._timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._gzip = gzip_arrays
         self._max_retry_after = max_retry_after_s
@@ -149,6 +155,8 @@ class Uplink:
         if array and self._gzip:
             body = gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
+        if self._pool is not None:
+            return await self._post_wire(self._pool, body, headers, invoice)
         params = {"invoice": "true"} if invoice else None
         try:
             async with self._session.post(
@@ -163,6 +171,24 @@ class Uplink:
             return Reply(0, error=f"{type(exc).__name__}: {exc}"[:300], maybe_sent=False)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return Reply(0, error=f"{type(exc).__name__}: {exc}"[:300])
+
+    async def _post_wire(
+        self, pool: Pool, body: bytes, headers: dict[str, str], invoice: bool
+    ) -> Reply:
+        target = pool.target + (
+            ("&" if "?" in pool.target else "?") + "invoice=true" if invoice else ""
+        )
+        request = pool.request_bytes("POST", target, headers, body)
+        try:
+            answer = await pool.request(request, self._timeout_s)
+        except NotSent as exc:
+            return Reply(0, error=f"NotSent: {exc}"[:300], maybe_sent=False)
+        except NoAnswer as exc:
+            return Reply(0, error=f"NoAnswer: {exc}"[:300])
+        wait = parse_retry_after(
+            answer.headers.get("retry-after"), time.time(), self._max_retry_after
+        )
+        return Reply(answer.status, answer.body, wait)
 
     async def read_usage(
         self, read_base: str, token: str, customer: str, window: tuple[datetime, datetime]
