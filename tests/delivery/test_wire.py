@@ -16,7 +16,7 @@ import pytest
 from agent.delivery import wire
 from agent.delivery.wire import NoAnswer, NotSent, Pool
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 class Server:
@@ -33,7 +33,7 @@ class Server:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.connections += 1
             try:
-                await self.handler(reader, writer)
+                await self.handler(self, reader, writer)
             finally:
                 writer.close()
 
@@ -45,6 +45,22 @@ class Server:
     async def stop(self) -> None:
         assert self._server is not None
         self._server.close()
+
+
+def keep_answering(answer: bytes) -> Handler:
+    """A handler that answers every request on a connection with `answer`."""
+
+    async def handler(
+        server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        while True:
+            try:
+                await read_request(server, reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(answer)
+
+    return handler
 
 
 async def read_request(server: Server, reader: asyncio.StreamReader) -> bool:
@@ -78,15 +94,8 @@ def request(pool: Pool, body: bytes = b'{"a":1}') -> bytes:
 
 
 async def test_answers_are_read_whole_and_the_connection_is_kept_alive(serve):
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                await read_request(server, reader)
-            except asyncio.IncompleteReadError:
-                return
-            writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nRetry-After: 7\r\n\r\nok")
-
-    server = await serve(handler)
+    answer = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nRetry-After: 7\r\n\r\nok"
+    server = await serve(keep_answering(answer))
     pool = Pool(server.url, user_agent="test")
     answers = [await pool.request(request(pool), 5.0) for _ in range(5)]
     assert [(a.status, a.body, a.headers["retry-after"]) for a in answers] == [
@@ -100,7 +109,9 @@ async def test_answers_are_read_whole_and_the_connection_is_kept_alive(serve):
 
 
 async def test_a_chunked_answer_is_read_whole(serve):
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(
+        server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         await read_request(server, reader)
         writer.write(b"HTTP/1.1 400 Bad\r\nTransfer-Encoding: chunked\r\n\r\n")
         writer.write(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
@@ -120,7 +131,9 @@ async def test_no_listener_is_not_sent():
 
 @pytest.mark.parametrize("how", ["close", "half-answer", "silence"])
 async def test_a_request_written_without_a_whole_answer_is_no_answer(serve, how: str):
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(
+        server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         await read_request(server, reader)
         if how == "half-answer":
             writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 10\r\n\r\nok")
@@ -137,16 +150,7 @@ async def test_a_request_written_without_a_whole_answer_is_no_answer(serve, how:
 
 async def test_a_connection_idle_too_long_is_not_reused(serve, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(wire, "IDLE_S", 0.05)
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                await read_request(server, reader)
-            except asyncio.IncompleteReadError:
-                return
-            writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
-
-    server = await serve(handler)
+    server = await serve(keep_answering(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"))
     pool = Pool(server.url, user_agent="test")
     await pool.request(request(pool), 5.0)
     await asyncio.sleep(0.1)
@@ -165,7 +169,9 @@ async def test_tls_verifies_the_servers_certificate(tmp_path: Path):
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(
+        server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         await reader.read(100)
 
     server = Server(handler)
