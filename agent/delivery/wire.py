@@ -96,7 +96,7 @@ class _Connection(asyncio.Protocol):
         """Write `request`, wait for its whole answer: (the answer, whether the connection
         may be used again). NoAnswer otherwise."""
         if self.closed or self.transport is None or self.transport.is_closing():
-            raise NoAnswer("connection closed")
+            raise NotSent("the connection closed before the request was written")
         self._answer = Answer(0)
         self._waiting = asyncio.get_running_loop().create_future()
         self.transport.write(request)
@@ -152,7 +152,7 @@ class Pool:
         except TimeoutError:
             connection.close()
             raise NoAnswer(f"no answer within {timeout_s:g} s") from None
-        except BaseException:  # NoAnswer, or a cancelled send: the connection is done
+        except BaseException:  # NoAnswer, NotSent, a cancelled send: the connection is done
             connection.close()
             raise
         if reusable:

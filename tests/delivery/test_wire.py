@@ -182,3 +182,8 @@ async def test_tls_verifies_the_servers_certificate(tmp_path: Path):
             await pool.request(request(pool), 5.0)  # a self-signed certificate: refused
     finally:
         await server.stop()
+
+
+async def test_a_connection_found_closed_before_writing_is_not_sent():
+    with pytest.raises(NotSent):
+        await wire._Connection().exchange(b"POST /usage HTTP/1.1\r\n\r\n")
