@@ -40,7 +40,6 @@ from agent.delivery.ledger import Ledger
 from agent.delivery.sender import Sender
 from agent.delivery.uplink import LookupFailed, Uplink, refreshing
 from agent.delivery.verify import Verifier
-from agent.delivery.wire import Pool
 from agent.errors import AgentError
 from agent.http_server import HttpServer, Limits
 from agent.idempotency import IdempotencyStore
@@ -209,21 +208,21 @@ class Service:
 
     async def _start_delivery(self, state: IngestState) -> None:
         upstream = self.config.upstream
+        user_agent = f"usage-agent/{__version__}"
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=upstream.concurrency + 2),
-            headers={"User-Agent": f"usage-agent/{__version__}"},
+            headers={"User-Agent": user_agent},
         )
         self._stack.push_async_callback(session.close)
-        pool = Pool(upstream.url, user_agent=f"usage-agent/{__version__}")
-        self._stack.callback(pool.close)
         uplink = Uplink(
             session,
             upstream.url,
             upstream.request_timeout_s,
             gzip_arrays=upstream.gzip,
             max_retry_after_s=upstream.max_retry_after_s,
-            pool=pool,
+            user_agent=user_agent,
         )
+        self._stack.callback(uplink.close)
         tokens = TokenManager(upstream, session)
         self.tokens = tokens
         catalog = (
@@ -318,10 +317,18 @@ class Service:
         if self.tokens is not None:
             self.tokens.replace_credentials(fresh.upstream)
         waiting = changed_keys(self.config, fresh) - RELOADABLE
-        self.config = dataclasses.replace(
-            self.config,
-            log=fresh.log,
-            ingest=dataclasses.replace(self.config.ingest, token=fresh.ingest.token),
+        self.config = dataclasses.replace(  # what took effect, so the next reload compares
+            self.config,  # against what is in force
+            log=dataclasses.replace(self.config.log, level=fresh.log.level),
+            ingest=dataclasses.replace(
+                self.config.ingest, token=fresh.ingest.token, token_file=fresh.ingest.token_file
+            ),
+            upstream=dataclasses.replace(
+                self.config.upstream,
+                client_id=fresh.upstream.client_id,
+                client_secret=fresh.upstream.client_secret,
+                client_secret_file=fresh.upstream.client_secret_file,
+            ),
         )
         log.log(
             logging.WARNING if waiting else logging.INFO,

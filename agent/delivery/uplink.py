@@ -5,7 +5,8 @@ Paigo's `POST /usage` takes one record per request (JSON body, bearer token, opt
 an endpoint may answer a 2xx with `{"results": [{"status": N}, ...]}`, one entry per record
 in order, and then each record gets its own outcome.
 
-`classify` and `parse_retry_after` are pure; `Uplink` is the thin aiohttp shell.
+`classify` and `parse_retry_after` are pure; `Uplink` is the thin I/O shell: posts on
+`wire.Pool`, reads on aiohttp.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ class Upstream(Protocol):
 
 
 class Uplink:
-    """Posts records to `url` over one pooled session."""
+    """Posts records to `url` over keep-alive connections of its own (`wire.Pool`); reads
+    Paigo's API through the aiohttp `session`."""
 
     def __init__(
         self,
@@ -138,50 +140,33 @@ class Uplink:
         *,
         gzip_arrays: bool = False,
         max_retry_after_s: float = 300.0,
-        pool: Pool | None = None,
+        user_agent: str = "usage-agent",
     ) -> None:
-        """`pool`: the lean client (`wire.py`) for the posts; else they go through
-        `session`, as the reads always do."""
         self._session = session
-        self._url = url
-        self._pool = pool
+        self._pool = Pool(url, user_agent=user_agent)
         self._timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._gzip = gzip_arrays
         self._max_retry_after = max_retry_after_s
+
+    def close(self) -> None:
+        """Close the idle connections of the posts."""
+        self._pool.close()
 
     async def post(self, body: bytes, token: str, invoice: bool, *, array: bool = False) -> Reply:
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         if array and self._gzip:
             body = gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
-        if self._pool is not None:
-            return await self._post_wire(self._pool, body, headers, invoice)
-        params = {"invoice": "true"} if invoice else None
-        try:
-            async with self._session.post(
-                self._url, data=body, headers=headers, params=params, timeout=self._timeout
-            ) as resp:
-                data = await resp.read()
-                wait = parse_retry_after(
-                    resp.headers.get("Retry-After"), time.time(), self._max_retry_after
-                )
-                return Reply(resp.status, data, wait)
-        except aiohttp.ClientConnectorError as exc:  # no connection: nothing was sent
-            return Reply(0, error=f"{type(exc).__name__}: {exc}"[:300], maybe_sent=False)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return Reply(0, error=f"{type(exc).__name__}: {exc}"[:300])
-
-    async def _post_wire(
-        self, pool: Pool, body: bytes, headers: dict[str, str], invoice: bool
-    ) -> Reply:
+        pool = self._pool
         target = pool.target + (
             ("&" if "?" in pool.target else "?") + "invoice=true" if invoice else ""
         )
-        request = pool.request_bytes("POST", target, headers, body)
         try:
-            answer = await pool.request(request, self._timeout_s)
-        except NotSent as exc:
+            answer = await pool.request(
+                pool.request_bytes("POST", target, headers, body), self._timeout_s
+            )
+        except NotSent as exc:  # no connection: nothing was sent
             return Reply(0, error=f"NotSent: {exc}"[:300], maybe_sent=False)
         except NoAnswer as exc:
             return Reply(0, error=f"NoAnswer: {exc}"[:300])
