@@ -235,11 +235,14 @@ class Service:
         self.spool.space.count_also(lambda: ledger.bytes_used)
         dead_letters = DeadLetterFile(deadletter.path_in(self.config.spool.dir))
         verifier = await self._start_verifier(uplink, tokens, dead_letters)
+        exits = Exits(self.spool, ledger, dead_letters, upstream.id_key, verifier)
+        if verifier is not None:
+            verifier.undecided = exits.undecided.__contains__
         sender = Sender(
             self.spool,
             uplink,
             tokens,
-            Exits(self.spool, ledger, dead_letters, upstream.id_key, verifier),
+            exits,
             ledger,
             upstream=upstream,
             retry=self.config.retry,

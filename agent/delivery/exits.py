@@ -16,6 +16,12 @@ letter first, then leave through it):
 With verification on (`agent.delivery.verify`), delivered and found records are
 acknowledged by the verifier, once their verify-spool entry is durable.
 
+A record that may have been sent before a crash (marked in the ledger, still in the spool)
+is *undecided* from its admission until it leaves: its verify-spool entry may have been
+written before the crash while its acknowledgement was not. The verifier leaves such a
+record to the usage spool's effectively-once check (`Exits.undecided`): two paths that
+each find it missing would each send it again.
+
 A dead letter that cannot be written keeps its record unacknowledged (`dead_letter`
 returns False): it is tried again, never lost. The counts by reason are the
 `usage_agent_records_left_total` metric and `/status`.
@@ -74,12 +80,15 @@ class Exits:
         self._dead = dead_letters
         self._id_key = id_key
         self.counts: dict[Reason, int] = dict.fromkeys(Reason, 0)
+        self.undecided: set[str] = set()  # ids: may have been sent before a restart, here still
         self._dead_letter_failed = Throttled(log, "could not write the dead-letter file")
 
     def leave(self, items: Sequence[Item], reason: Reason) -> None:
         """Take `items` out of the agent's care for `reason`: delivered and found records
         are noted for the deliveries file; all are acknowledged and counted."""
         self.counts[reason] += len(items)
+        if self.undecided:
+            self.undecided.difference_update(item.id for item in items)
         # without a stable id upstream there is nothing to reconcile or verify by
         if self._id_key and (reason is Reason.DELIVERED or reason is Reason.FOUND):
             self._ledger.note([(item.id, item.fields) for item in items])

@@ -101,6 +101,7 @@ class Intake:
             return  # again after a restart
         if self._resolver is not None and self._resolver.starts_unknown(entry.seq):
             item.unknown_since, item.marked = now, True
+            self._exits.undecided.add(item.id)
         self._lanes.add(key, item, now)
 
 

@@ -22,7 +22,11 @@ reconcile` uses (`agent.delivery.reads`):
   the record is verified again after another delay;
 * doubled: counted and reported (log, `/status`), never touched: Paigo has no delete API;
 * differs (held with another value or instant): reported like a double;
-* not readable yet (its instant is not past): verified again after another delay.
+* not readable yet (its instant is not past): verified again after another delay;
+* missing, but still *undecided* in the usage spool (a crash came between its verify entry
+  and its acknowledgement, `agent.delivery.exits`): dropped here. The usage spool's
+  effectively-once check finds or sends it, and it comes back for verification when it
+  leaves; a repair from here as well could send it twice.
 
 Cost is bounded: one read at a time, at most `verify.max_reads_per_s`; reads back off on
 failure (with `retry.*`) and wait while delivery itself is backing off, so verification
@@ -135,6 +139,7 @@ class VerifyStatus:
     doubles_detected: int = 0
     differing: int = 0
     skipped: int = 0  # delivered, but not queued: the verify spool was full or failed
+    left_to_check: int = 0  # missing, still undecided in the usage spool: left to its check
     reads: int = 0
     reads_failed: int = 0
     doubled_ids: list[str] = field(default_factory=list)
@@ -164,8 +169,9 @@ class Verifier:
         clock: Callable[[], float] = time.time,
     ) -> None:
         """`ack`: acknowledges records in the usage spool; `reserve`: the ingest reserve
-        the verify spool leaves. `blocked` (set after): delivery is backing off, and
-        verification waits."""
+        the verify spool leaves. Set after: `blocked`, delivery is backing off and
+        verification waits; `undecided`, a record's id is still undecided in the usage
+        spool."""
         self._spool = side_spool(config.spool, "verify", config.verify.max_bytes, reserve=reserve)
         self._config = config.verify
         self._upstream = config.upstream
@@ -175,6 +181,7 @@ class Verifier:
         self._dead_letters = dead_letters
         self._ack_delivered = ack
         self.blocked: Callable[[], bool] = lambda: False
+        self.undecided: Callable[[str], bool] = lambda record_id: False
         self._clock = clock
         self._fraction = 1.0 if mode == "all" else config.verify.sample_fraction
         self._pending: list[tuple[int, Delivered | None]] = []  # (usage seq, entry to keep)
@@ -333,6 +340,7 @@ class Verifier:
         the entries dealt with go into `finished`."""
         moments = [instant(entry.timestamp) for _, entry in group]
         window = (min(moments), max(moments) + ONE_MS)
+        undecided = {entry.id for _, entry in group if self.undecided(entry.id)}
         await self._pace()
         try:
             read = await read_usage_refreshing(
@@ -346,10 +354,13 @@ class Verifier:
         for seq, entry in group:
             sent = {"timestamp": entry.timestamp, "recordValue": entry.value}
             judged = verdict(sent, held.get(entry.id, []))
-            if judged is Verdict.MISSING:
+            if judged is not Verdict.MISSING:
+                self._count(entry, judged)
+            elif entry.id in undecided or self.undecided(entry.id):  # (before or after the read)
+                self.status.left_to_check += 1
+            else:
                 repair.append((seq, entry))
                 continue
-            self._count(entry, judged)
             self._spool.ack([seq])
             finished.add(seq)
         for seq, entry in repair:

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from agent.delivery.auth import TokenManager
+from agent.delivery.deadletter import DeadLetterFile
+from agent.delivery.uplink import Uplink
+from agent.delivery.verify import Verifier, VerifyStatus
 from agent.testing.fake_paigo import FakePaigo
-from tests.conftest import AgentFactory, RunningAgent, as_sent, delivering, eventually, record
+from tests.conftest import (
+    AgentFactory,
+    RunningAgent,
+    agent_config,
+    as_sent,
+    delivering,
+    eventually,
+    record,
+)
+from tests.delivery.test_recheck import item_of
 
 FAST = {"mode": "all", "delay_s": 0.3, "max_reads_per_s": 1000.0}
 
@@ -125,3 +140,42 @@ async def test_sample_mode_verifies_a_share_chosen_by_id(
     status = await verify_status(agent)
     queued = status["unverified"] + status["verified"]
     assert 120 < queued < 280  # about half, by a hash of the id
+
+
+async def test_a_missing_record_still_undecided_in_the_usage_spool_is_left_to_its_check(
+    tmp_path: Path, paigo: FakePaigo
+):
+    """A crash between a record's verify entry and its acknowledgement leaves it in both
+    spools. The usage spool's effectively-once check decides it (and queues it for
+    verification when it leaves); the verifier, finding it missing too, must not send it
+    as well: two healers that each find a record missing write it twice."""
+    config = agent_config(tmp_path, **verifying(paigo, delay_s=0.0))
+    acked: list[int] = []
+    async with aiohttp.ClientSession() as session:
+        uplink = Uplink(session, config.upstream.url, 5.0)
+        verifier = Verifier(
+            config,
+            uplink,
+            TokenManager(config.upstream, session),
+            DeadLetterFile(tmp_path / "deadletter.jsonl"),
+            mode="all",
+            reserve=0,
+            ack=acked.extend,
+        )
+        undecided, decided = item_of(1), item_of(2)  # neither is at Paigo
+        verifier.undecided = {undecided.id}.__contains__
+        await verifier.start()
+        try:
+            verifier.note([undecided, decided])
+            await eventually(lambda: sorted(acked) == [1, 2], what="acknowledged")
+            await eventually(lambda: settled(verifier.snapshot()) == 2, what="both settled")
+        finally:
+            await verifier.stop()
+        uplink.close()
+    status = verifier.snapshot()
+    assert status.left_to_check == 1 and status.repaired == 1 and status.unverified == 0
+    assert [r["recordValue"] for r in paigo.records] == ["2"]  # the decided one, repaired
+
+
+def settled(status: VerifyStatus) -> int:
+    return status.verified + status.left_to_check
