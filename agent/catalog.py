@@ -108,6 +108,11 @@ class Catalog:
         """The dimensions with `last` aggregation: delivered in order per customer."""
         return frozenset(d.id for d in self._dimensions.values() if d.aggregation == "last")
 
+    def aggregation(self, dimension_id: str) -> str | None:
+        """The dimension's aggregationMethod; None when the catalog does not know it."""
+        dimension = self._dimensions.get(dimension_id)
+        return dimension.aggregation if dimension is not None else None
+
     def status(self) -> dict[str, object]:
         age = self.age_s
         return {

@@ -24,6 +24,7 @@ __all__ = [
     "IngestConfig",
     "LogConfig",
     "RetryConfig",
+    "RollupConfig",
     "SpoolConfig",
     "UpstreamConfig",
     "VerifyConfig",
@@ -124,6 +125,15 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True)
+class RollupConfig:
+    """Pre-aggregation (`agent.delivery.rollup`): one record per group instead of many."""
+
+    dimensions: tuple[str, ...] = ()  # rolled up when their aggregation allows it
+    window_s: int = 10  # must divide 900: a window never straddles a quarter hour
+    auto: bool = False  # every catalog dimension whose aggregation allows it
+
+
+@dataclass(frozen=True)
 class RetryConfig:
     initial_backoff_s: float = 0.5
     max_backoff_s: float = 60.0
@@ -149,6 +159,7 @@ class Config:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    rollup: RollupConfig = field(default_factory=RollupConfig)
     log: LogConfig = field(default_factory=LogConfig)
     shutdown_grace_s: float = 10.0
     source: str = "<defaults>"
@@ -160,6 +171,7 @@ SECTIONS: Final[dict[str, type[Any]]] = {
     "upstream": UpstreamConfig,
     "retry": RetryConfig,
     "verify": VerifyConfig,
+    "rollup": RollupConfig,
     "log": LogConfig,
 }
 
@@ -449,6 +461,7 @@ def _check_upstream(config: Config) -> None:
             'or upstream.delivery = "at-least-once"',
         )
     _check_verify(config)
+    _check_rollup(config)
     if retry.multiplier < 1:
         raise ConfigError(src, "retry.multiplier", "must be at least 1")
 
@@ -481,6 +494,33 @@ def _check_verify(config: Config) -> None:
     if verify.mode in ("all", "sample") and not config.upstream.stamp_records:
         raise ConfigError(
             src, "verify.mode", "verification finds records by their stamp: needs stamp_records"
+        )
+
+
+def _check_rollup(config: Config) -> None:
+    src, rollup, up = config.source, config.rollup, config.upstream
+    if rollup.window_s <= 0 or 900 % rollup.window_s:
+        raise ConfigError(
+            src,
+            "rollup.window_s",
+            "must divide 900 (1, 2, 3, 4, 5, 6, 9, 10, 12, 15, 18, 20, 25, 30, ... 900): a "
+            "window must never straddle a quarter hour, where hours, days and billing "
+            "periods begin",
+        )
+    if not (rollup.dimensions or rollup.auto):
+        return
+    if up.dimensions != "auto":
+        raise ConfigError(
+            src,
+            "rollup.dimensions" if rollup.dimensions else "rollup.auto",
+            "rollups need each dimension's aggregation from Paigo's catalog: set "
+            'upstream.dimensions = "auto"',
+        )
+    if not up.stamp_records:
+        raise ConfigError(
+            src,
+            "upstream.stamp_records",
+            "rollups are told apart at Paigo by their stamp: set it to true",
         )
 
 

@@ -37,6 +37,7 @@ from agent.delivery.auth import TokenError, TokenManager
 from agent.delivery.deadletter import DeadLetterFile
 from agent.delivery.exits import Exits
 from agent.delivery.ledger import Ledger
+from agent.delivery.rollup import Rollups
 from agent.delivery.sender import Sender
 from agent.delivery.uplink import LookupFailed, Uplink, refreshing
 from agent.delivery.verify import Verifier
@@ -236,6 +237,18 @@ class Service:
         dead_letters = DeadLetterFile(deadletter.path_in(self.config.spool.dir))
         verifier = await self._start_verifier(uplink, tokens, dead_letters)
         exits = Exits(self.spool, ledger, dead_letters, upstream.id_key, verifier)
+        rollup = self.config.rollup
+        rollups = (
+            Rollups(
+                rollup,
+                catalog.aggregation,
+                self.spool.spool_id,
+                upstream.id_key,
+                catalog_read=lambda: catalog.age_s is not None,
+            )
+            if catalog is not None and (rollup.dimensions or rollup.auto)
+            else None
+        )
         if verifier is not None:
             verifier.undecided = exits.undecided.__contains__
         sender = Sender(
@@ -247,6 +260,7 @@ class Service:
             upstream=upstream,
             retry=self.config.retry,
             catalog_order=(lambda: catalog.last_dimensions) if catalog else frozenset,
+            rollups=rollups,
         )
         sender.on_reply = lambda reply, seconds: self.metrics.upstream_replied(
             reply.status, seconds

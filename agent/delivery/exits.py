@@ -86,16 +86,26 @@ class Exits:
     def leave(self, items: Sequence[Item], reason: Reason) -> None:
         """Take `items` out of the agent's care for `reason`: delivered and found records
         are noted for the deliveries file; all are acknowledged and counted."""
-        self.counts[reason] += len(items)
+        self.counts[reason] += sum(len(item.seqs) for item in items)  # a rollup: its members
         if self.undecided:
             self.undecided.difference_update(item.id for item in items)
         # without a stable id upstream there is nothing to reconcile or verify by
         if self._id_key and (reason is Reason.DELIVERED or reason is Reason.FOUND):
-            self._ledger.note([(item.id, item.fields) for item in items])
+            spool_id = self._spool.spool_id
+            self._ledger.note(
+                [
+                    (
+                        item.id,
+                        item.fields,
+                        item.rollup.member_ids(spool_id) if item.rollup else None,
+                    )
+                    for item in items
+                ]
+            )
             if self._verifier is not None:
                 self._verifier.note(items)  # acknowledged once kept for verification
                 return
-        self._spool.ack([item.seq for item in items])
+        self._spool.ack([seq for item in items for seq in item.seqs])
 
     async def dead_letter(self, items: Sequence[Item], reply: Reply) -> bool:
         """Write `items` to the dead-letter file (durably), then let them leave. False

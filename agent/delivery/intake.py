@@ -3,22 +3,34 @@
 The intake holds at most `window` records that can be sent; the records of a held lane
 (parked, or settling) do not count, so a parked customer never starves the rest. An entry
 that is not a readable record leaves at once through `Exits.unreadable`.
+
+With rollups (`agent.delivery.rollup`), the records of rolled-up dimensions go to their
+groups instead; a closed group's formation is written to the ledger, and only then does its
+rollup enter a lane. After a restart, a record that belongs to a formation in the ledger
+brings back that rollup (once, as possibly sent) instead of joining a new group.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
 from agent.config import UpstreamConfig
 from agent.delivery.exits import Exits
-from agent.delivery.item import Item, make_item
+from agent.delivery.item import Item, item_of, rollup_item
 from agent.delivery.lanes import Lanes
 from agent.delivery.recheck import Resolver
+from agent.delivery.rollup import Formation, Rollups
+from agent.errors import SpoolError
+from agent.logs import Throttled
+from agent.records import Envelope, Record, decode_envelope
 from agent.spool.reader import Entry
+
+log = logging.getLogger(__name__)
 
 IDLE_POLL_S: Final = 0.05
 READ_BATCH: Final = 1000  # records per spool read: about a millisecond of the event loop
@@ -39,6 +51,14 @@ class SpoolOut(Protocol):
     def ack(self, seqs: Sequence[int]) -> None: ...
 
 
+class Forming(Protocol):
+    """What rollups need of the ledger."""
+
+    formed: dict[int, Formation]
+
+    async def form(self, formations: list[Formation]) -> None: ...
+
+
 class Intake:
     def __init__(
         self,
@@ -51,10 +71,13 @@ class Intake:
         window: int,
         work: asyncio.Event,
         catalog_order: Callable[[], frozenset[str]] = frozenset,
+        rollups: Rollups | None = None,
+        ledger: Forming | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`catalog_order`: the dimensions delivered in order besides the configured ones
-        (the catalog's `last` dimensions)."""
+        (the catalog's `last` dimensions); `rollups` (with the `ledger` that keeps their
+        formations): the groups of rolled-up records."""
         self._spool = spool
         self._lanes = lanes
         self._exits = exits
@@ -67,6 +90,12 @@ class Intake:
         self._clock = clock
         self.room = asyncio.Event()  # set by the senders when records left or went back
         self._stopping = False
+        self._rollups = rollups
+        self._ledger = ledger
+        self._unwritten: list[Formation] = []  # closed, their formation not yet written
+        self._formed = ledger.formed if ledger is not None else {}
+        self._brought_back: set[str] = set()  # rollups formed before the restart, in lanes
+        self._form_failed = Throttled(log, "could not write rollups to the ledger")
 
     def stop(self) -> None:
         self._stopping = True
@@ -76,10 +105,15 @@ class Intake:
         while not self._stopping:
             now = self._clock()
             self._lanes.release_held(now)
+            if self._rollups is not None:
+                await self._form(self._rollups, now)
             room = self._window - (self._lanes.buffered - self._lanes.held_items(now))
-            if room <= 0:
+            if self._rollups is not None and self._rollups.waiting_for_catalog:
+                await asyncio.sleep(IDLE_POLL_S)
+                continue
+            if room <= 0 or (self._rollups is not None and self._rollups.full):
                 self.room.clear()
-                await wait_for(self.room, 1.0)
+                await wait_for(self.room, min(1.0, self._next_rollup_s()))
                 continue
             entries = await self._spool.read(min(room, READ_BATCH))
             if not entries:
@@ -92,17 +126,90 @@ class Intake:
             self._work.set()
 
     async def _admit(self, entry: Entry, now: float, ordered: frozenset[str]) -> None:
+        seq = entry.seq
+        if self._formed and (formation := self._formed.pop(seq, None)) is not None:
+            self._bring_back(formation, now, ordered)
+            return
         try:
-            key, item = make_item(
-                entry.seq, entry.payload, self._spool.spool_id, self._id_key, ordered
+            envelope = decode_envelope(entry.payload)
+            record = envelope.record()
+            unknown = self._resolver is not None and self._resolver.starts_unknown(seq)
+            rollups = self._rollups
+            if rollups is not None and not unknown and not envelope.invoice:
+                aggregation = rollups.aggregation_of(str(record["dimensionId"]))
+                if aggregation is not None and rolled_up(
+                    rollups, seq, envelope, record, aggregation
+                ):
+                    return
+            key, item = item_of(
+                seq,
+                envelope,
+                record,
+                spool_id=self._spool.spool_id,
+                id_key=self._id_key,
+                ordered_dims=ordered,
             )
         except (ValueError, KeyError, TypeError) as exc:  # not a record we can send
-            await self._exits.unreadable(entry.seq, entry.payload, exc)  # else: kept, read
-            return  # again after a restart
-        if self._resolver is not None and self._resolver.starts_unknown(entry.seq):
-            item.unknown_since, item.marked = now, True
-            self._exits.undecided.add(item.id)
+            await self._exits.unreadable(seq, entry.payload, exc)  # else: kept, read again
+            return  # after a restart
+        if unknown:
+            self._possibly_sent(item, now)
         self._lanes.add(key, item, now)
+
+    def _possibly_sent(self, item: Item, now: float) -> None:
+        item.unknown_since, item.marked = now, True
+        self._exits.undecided.add(item.id)
+
+    # --- rollups ----------------------------------------------------------------------------
+
+    async def _form(self, rollups: Rollups, now: float) -> None:
+        """Close the groups whose time has come: their formations written to the ledger
+        (durably: they are the rollups' marks), then their rollups into the lanes. When the
+        ledger cannot be written they wait, closed, and are tried again."""
+        formations = self._unwritten + rollups.due()
+        if not formations:
+            return
+        assert self._ledger is not None
+        try:
+            await self._ledger.form(formations)
+        except SpoolError as exc:
+            self._unwritten = formations
+            self._form_failed.error("%s; %d rollups wait", exc, len(formations))
+            return
+        self._unwritten = []
+        ordered = self._configured_order | self._catalog_order()
+        received_ms = int(time.time() * 1000)
+        for formation in formations:
+            key, item = rollup_item(formation, self._id_key, received_ms, ordered)
+            item.marked = True  # its formation is its mark
+            self._lanes.add(key, item, now)
+        self._work.set()
+
+    def _bring_back(self, formation: Formation, now: float, ordered: frozenset[str]) -> None:
+        """A member of a rollup formed before the restart: that rollup, once, possibly sent."""
+        if formation.id in self._brought_back:
+            return
+        self._brought_back.add(formation.id)
+        key, item = rollup_item(formation, self._id_key, int(time.time() * 1000), ordered)
+        item.marked = True
+        if self._resolver is not None:
+            self._possibly_sent(item, now)
+        self._lanes.add(key, item, now)
+
+    def _next_rollup_s(self) -> float:
+        return self._rollups.next_due_s() if self._rollups is not None else 1.0
+
+
+def rolled_up(
+    rollups: Rollups, seq: int, envelope: Envelope, record: Record, aggregation: str
+) -> bool:
+    """Whether the record joined its group; a value that cannot be summed exactly (more
+    digits than a rollup keeps) is sent on its own."""
+    try:
+        rollups.add(seq, envelope, record, aggregation)
+    except ArithmeticError:
+        return False
+    return True
 
 
 async def wait_for(event: asyncio.Event, timeout: float) -> None:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import orjson
 
 from agent.delivery.lanes import LaneKey
-from agent.records import Envelope, decode_envelope, stable_id
+from agent.delivery.rollup import Formation
+from agent.records import Envelope, Record, decode_envelope, stable_id
 
 
 @dataclass(slots=True)
@@ -28,6 +29,12 @@ class Item:
     held: bool = False  # a worker has it (between take and leave or put-back)
     unknown_since: float | None = None  # effectively-once: its last outcome is unknown
     marked: bool = False  # effectively-once: noted in the ledger as possibly sent
+    rollup: Formation | None = None  # a rollup: the records it holds (`agent.delivery.rollup`)
+
+    @property
+    def seqs(self) -> list[int]:
+        """The spool entries that leave with it: its own, or its rollup's members'."""
+        return self.rollup.seqs if self.rollup is not None else [self.seq]
 
     @property
     def customer(self) -> str:
@@ -46,6 +53,21 @@ def make_item(
     payload is not a readable record."""
     envelope = decode_envelope(payload)
     record = envelope.record()
+    return item_of(
+        seq, envelope, record, spool_id=spool_id, id_key=id_key, ordered_dims=ordered_dims
+    )
+
+
+def item_of(
+    seq: int,
+    envelope: Envelope,
+    record: Record,
+    *,
+    spool_id: str,
+    id_key: str,
+    ordered_dims: frozenset[str],
+) -> tuple[LaneKey, Item]:
+    """`make_item` for an entry already decoded."""
     customer, dimension = str(record["customerId"]), str(record["dimensionId"])
     item = Item(seq, stable_id(envelope, spool_id, seq), envelope, record, envelope.record_json)
     if id_key:
@@ -54,3 +76,15 @@ def make_item(
         item.body = orjson.dumps({**record, "metadata": metadata})
     ordered = envelope.invoice or dimension in ordered_dims
     return (customer, dimension, ordered), item
+
+
+def rollup_item(
+    formation: Formation, id_key: str, received_at_ms: int, ordered_dims: frozenset[str]
+) -> tuple[LaneKey, Item]:
+    """The item that sends a rollup: its body exactly as the ledger holds it."""
+    record = formation.record(id_key)
+    envelope = Envelope(orjson.dumps(record), received_at_ms)
+    item = Item(min(formation.seqs), formation.id, envelope, record, formation.body)
+    item.rollup = formation
+    dimension = str(record["dimensionId"])
+    return (str(record["customerId"]), dimension, dimension in ordered_dims), item

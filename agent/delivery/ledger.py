@@ -6,19 +6,21 @@ Two parts, both under `spool.dir`:
   sequence number is marked. After a crash, a record that is still in the spool *and*
   marked may have reached Paigo: it is checked (see `agent.delivery.sender`) instead of being sent
   blind. Marks behind the spool's persisted cursor are dropped, so the marks hold about what
-  was in flight; start-up reads them all.
+  was in flight; start-up reads them all. A mark is a JSON array of seqs, or a JSON object:
+  a rollup's formation (`agent.delivery.rollup.Formation`), its members' mark.
 * **Deliveries** (`delivered.jsonl`, then `delivered.1.jsonl`): one JSON line per record
-  delivered, `{"k": stable key, "c": customerId, "d": dimensionId, "t": timestamp,
-  "v": recordValue, "at": unix time}`, written after the upstream's 2xx without an fsync
-  of its own (a power loss can cut its tail; `usage-agent reconcile` then reports those
-  records as unknown, never as missing). When it passes half of `upstream.ledger_max_bytes`
-  it becomes `delivered.1.jsonl`, replacing the older one: about `ledger_max_bytes` of
-  history is kept (at most `VOLUME_SHARE` of the volume), and counted in `spool.max_bytes`.
-  The history gives way to usage: while free space is under the ingest reserve
-  (`spool.min_free_bytes`) the older file is deleted, and under half the reserve (kept for
-  the writes that free space: marks, the cursor) no line is written; such deliveries are
-  counted as not recorded, and `reconcile` reports them as unknown, never as missing.
-  `usage-agent reconcile` reads the files, skipping and naming torn lines.
+  delivered, `{"k": stable key, "c": customerId, "d": dimensionId, "t": timestamp, "v":
+  recordValue, "at": unix time}` (a rollup's line adds `"m"`: its members' ids), written
+  after the upstream's 2xx without an fsync of its own (a power loss can cut its tail;
+  `usage-agent reconcile` then reports those records as unknown, never as missing). When it
+  passes half of `upstream.ledger_max_bytes` it becomes `delivered.1.jsonl`, replacing the
+  older one: about `ledger_max_bytes` of history is kept (at most `VOLUME_SHARE` of the
+  volume), and counted in `spool.max_bytes`. The history gives way to usage: while free
+  space is under the ingest reserve (`spool.min_free_bytes`) the older file is deleted, and
+  under half the reserve (kept for the writes that free space: marks, the cursor) no line is
+  written; such deliveries are counted as not recorded, and `reconcile` reports them as
+  unknown, never as missing. `usage-agent reconcile` reads the files, skipping and naming
+  torn lines.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import aiofiles.os
 import orjson
 
 from agent.config import MiB, SpoolConfig
+from agent.delivery.rollup import Formation
 from agent.fsio import append_lines, json_lines, open_private
 from agent.logs import Throttled
 from agent.spool.side import side_spool
@@ -44,7 +47,7 @@ log = logging.getLogger(__name__)
 
 DELIVERED: Final = "delivered.jsonl"
 DELIVERED_OLD: Final = "delivered.1.jsonl"
-MARKS_MAX_BYTES: Final = 16 * MiB  # marks hold about what is in flight: far less than this
+MARKS_MAX_BYTES: Final = 64 * MiB  # marks hold about what is in flight: far less than this
 VOLUME_SHARE: Final = 0.1  # the deliveries history takes at most this share of the volume
 
 
@@ -55,6 +58,7 @@ class Ledger:
         self._marks = side_spool(spool_config, "ledger", MARKS_MAX_BYTES)
         self._marked: deque[tuple[int, int]] = deque()  # (mark seq, highest record seq)
         self.maybe_sent: set[int] = set()
+        self.formed: dict[int, Formation] = {}  # rollups formed before a restart, by member seq
         self._max_bytes = max_bytes
         self._reserve = reserve
         self._delivered_lock = asyncio.Lock()
@@ -80,8 +84,14 @@ class Ledger:
         await self._marks.start()
         while entries := await self._marks.read(10_000):
             for entry in entries:
-                seqs: list[int] = orjson.loads(entry.payload)
-                self.maybe_sent.update(seqs)
+                mark = orjson.loads(entry.payload)
+                if isinstance(mark, dict):
+                    formation = Formation.decode(mark)
+                    self.formed.update(dict.fromkeys(formation.seqs, formation))
+                    seqs: list[int] = formation.seqs
+                else:
+                    seqs = mark
+                    self.maybe_sent.update(seqs)
                 self._marked.append((entry.seq, max(seqs)))
 
     async def stop(self) -> None:
@@ -92,6 +102,12 @@ class Ledger:
         [mark] = await self._marks.append([orjson.dumps(seqs)])
         self._marked.append((mark, max(seqs)))
 
+    async def form(self, formations: list[Formation]) -> None:
+        """Durably note rollups' membership, before their first send (their mark)."""
+        marks = await self._marks.append([formation.encode() for formation in formations])
+        for mark, formation in zip(marks, formations, strict=True):
+            self._marked.append((mark, max(formation.seqs)))
+
     def forget_through(self, cursor: int) -> None:
         """Drop the marks of records below `cursor` (the spool's persisted cursor)."""
         done = []
@@ -101,11 +117,12 @@ class Ledger:
             self._marks.ack(done)
             self.maybe_sent = {seq for seq in self.maybe_sent if seq >= cursor}
 
-    def note(self, delivered: list[tuple[str, dict[str, object]]]) -> None:
-        """Records (stable id, fields) delivered upstream, for the next `flush`."""
+    def note(self, delivered: list[tuple[str, dict[str, object], list[str] | None]]) -> None:
+        """Records (stable id, fields, a rollup's member ids) delivered upstream, for the
+        next `flush`."""
         at = time.time()
-        self._pending.extend(
-            {
+        for rid, fields, members in delivered:
+            line: dict[str, object] = {
                 "k": rid,
                 "c": fields["customerId"],
                 "d": fields["dimensionId"],
@@ -113,8 +130,9 @@ class Ledger:
                 "v": fields["recordValue"],
                 "at": at,
             }
-            for rid, fields in delivered
-        )
+            if members is not None:
+                line["m"] = members
+            self._pending.append(line)
 
     async def flush(self) -> None:
         """Append what `note` collected to the deliveries file (an audit trail: a write

@@ -37,6 +37,7 @@ from agent.delivery.lanes import Lane, Lanes
 from agent.delivery.ledger import Ledger
 from agent.delivery.policy import Action, Decision, Health, decide
 from agent.delivery.recheck import Resolver
+from agent.delivery.rollup import Rollups
 from agent.delivery.status import DeliveryStatus, LastResult
 from agent.delivery.uplink import Reply, Upstream
 from agent.errors import SpoolError
@@ -63,9 +64,11 @@ class Sender:
         upstream: UpstreamConfig,
         retry: RetryConfig,
         catalog_order: Callable[[], frozenset[str]] = frozenset,
+        rollups: Rollups | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._spool = spool
+        self._rollups = rollups
         self._uplink = uplink
         self._tokens = tokens
         self._exits = exits
@@ -91,6 +94,8 @@ class Sender:
             window=window,
             work=self._work,
             catalog_order=catalog_order,
+            rollups=rollups,
+            ledger=ledger,
             clock=clock,
         )
         self._tasks: list[asyncio.Task[None]] = []
@@ -405,4 +410,5 @@ class Sender:
             duplicates_prevented=resolver.duplicates_prevented if resolver else 0,
             deliveries_not_recorded=self._ledger.not_recorded,
             last_result=self._last,
+            rollup=self._rollups.status if self._rollups is not None else None,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from agent.delivery.exits import Reason
+from agent.delivery.rollup import RollupStatus
 
 
 @dataclass(slots=True)  # not frozen: one is made per send, and a frozen init costs twice
@@ -31,6 +32,7 @@ class DeliveryStatus:
     duplicates_prevented: int
     deliveries_not_recorded: int
     last_result: LastResult | None
+    rollup: RollupStatus | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -50,4 +52,5 @@ class DeliveryStatus:
             "duplicates_prevented": self.duplicates_prevented,
             "deliveries_not_recorded": self.deliveries_not_recorded,
             "last_result": None if self.last_result is None else asdict(self.last_result),
+            "rollup": None if self.rollup is None else self.rollup.as_dict(),
         }

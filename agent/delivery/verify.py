@@ -184,7 +184,7 @@ class Verifier:
         self.undecided: Callable[[str], bool] = lambda record_id: False
         self._clock = clock
         self._fraction = 1.0 if mode == "all" else config.verify.sample_fraction
-        self._pending: list[tuple[int, Delivered | None]] = []  # (usage seq, entry to keep)
+        self._pending: list[tuple[list[int], Delivered | None]] = []  # (usage seqs, entry)
         self._queue: deque[tuple[int, Delivered]] = deque()  # (verify seq, entry), in order
         self._next_read = 0.0
         self._stopping = False
@@ -226,7 +226,7 @@ class Verifier:
         now = self._clock()
         for item in items:
             entry = Delivered.of(item, now) if self._chosen(item.id) else None
-            self._pending.append((item.seq, entry))
+            self._pending.append((item.seqs, entry))
 
     def _chosen(self, record_id: str) -> bool:
         return self._fraction >= 1.0 or zlib.crc32(record_id.encode()) < self._fraction * 2**32
@@ -247,7 +247,7 @@ class Verifier:
             except SpoolError as exc:  # delivered all the same: never held back for this
                 self.status.skipped += len(entries)
                 self._skipped.warning("%s; %d delivered unverified", exc, len(entries))
-        self._ack_delivered([seq for seq, _ in pending])
+        self._ack_delivered([seq for seqs, _ in pending for seq in seqs])
 
     # --- verifying ------------------------------------------------------------------------
 

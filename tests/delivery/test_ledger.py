@@ -39,7 +39,7 @@ async def test_deliveries_are_appended_rotated_and_read_back_in_order(tmp_path: 
     ledger = Ledger(SpoolConfig(dir=str(tmp_path), min_free_bytes=0), 4000)
     await ledger.start()
     for n in range(40):
-        ledger.note([(f"id-{n}", fields(n))])
+        ledger.note([(f"id-{n}", fields(n), None)])
         await ledger.flush()
     await ledger.stop()
     assert (tmp_path / DELIVERED_OLD).exists()  # rotated past half of 4000 bytes
@@ -57,11 +57,11 @@ async def test_deliveries_are_appended_rotated_and_read_back_in_order(tmp_path: 
 async def test_a_torn_line_is_skipped_and_named_by_file_and_line(tmp_path: Path):
     ledger = Ledger(SpoolConfig(dir=str(tmp_path), min_free_bytes=0), 1 << 20)
     await ledger.start()
-    ledger.note([("id-1", fields(1))])
+    ledger.note([("id-1", fields(1), None)])
     await ledger.flush()
     with (tmp_path / DELIVERED).open("ab") as handle:
         handle.write(b'{"k": "id-2", "c": "cut by ENOSP\n')  # a write cut mid-line
-    ledger.note([("id-3", fields(3))])
+    ledger.note([("id-3", fields(3), None)])
     await ledger.flush()
     await ledger.stop()
     read = read_deliveries(tmp_path)
@@ -74,7 +74,7 @@ async def test_deliveries_are_not_written_into_the_reserve_kept_for_draining(tmp
     config = SpoolConfig(dir=str(tmp_path), min_free_bytes=0)
     ledger = Ledger(config, 1 << 20, reserve=4 * free)  # half the reserve: twice what is free
     await ledger.start()
-    ledger.note([("id-1", fields(1))])
+    ledger.note([("id-1", fields(1), None)])
     await ledger.flush()
     await ledger.stop()
     assert not (tmp_path / DELIVERED).exists()
