@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/drain.py
 	$(BIN)/python bench/network.py
 	$(BIN)/python bench/outage.py
+	$(BIN)/python bench/rollup.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -88,6 +88,28 @@ def test_the_systemd_example_loads():
             "upstream.record_id_metadata_key",
             "must not be empty",
         ),
+        ({"rollup": {"window_s": 7}}, "rollup.window_s", "must divide 900"),
+        ({"rollup": {"window_s": 0}}, "rollup.window_s", "must divide 900"),
+        ({"rollup": {"window_s": 1800}}, "rollup.window_s", "must divide 900"),
+        ({"rollup": {"dimensions": "bytes"}}, "rollup.dimensions", "must be tuple"),
+        (
+            {"rollup": {"dimensions": ["bytes"]}, "upstream": {"dimensions": "off"}},
+            "rollup.dimensions",
+            "catalog",
+        ),
+        (
+            {"rollup": {"auto": True}, "upstream": {"dimensions": "off"}},
+            "rollup.auto",
+            "catalog",
+        ),
+        (
+            {
+                "rollup": {"dimensions": ["bytes"]},
+                "upstream": {"stamp_records": False, "delivery": "at-least-once"},
+            },
+            "upstream.stamp_records",
+            "rollups are told apart",
+        ),
     ],
 )
 def test_bad_values_are_refused_naming_file_key_and_reason(data, key: str, words: str):

@@ -25,6 +25,7 @@ from agent.delivery.item import Item, item_of, rollup_item
 from agent.delivery.lanes import Lanes
 from agent.delivery.recheck import Resolver
 from agent.delivery.rollup import Formation, Rollups
+from agent.delivery.wakeup import Wakeup
 from agent.errors import SpoolError
 from agent.logs import Throttled
 from agent.records import Envelope, Record, decode_envelope
@@ -69,7 +70,7 @@ class Intake:
         config: UpstreamConfig,
         *,
         window: int,
-        work: asyncio.Event,
+        work: Wakeup,
         catalog_order: Callable[[], frozenset[str]] = frozenset,
         rollups: Rollups | None = None,
         ledger: Forming | None = None,
@@ -121,9 +122,10 @@ class Intake:
                 continue
             await asyncio.sleep(0)  # reads do not suspend: let ingest and sends run between
             ordered = self._configured_order | self._catalog_order()
+            before = self._lanes.buffered
             for entry in entries:
                 await self._admit(entry, now, ordered)
-            self._work.set()
+            self._work.notify(self._lanes.buffered - before)
 
     async def _admit(self, entry: Entry, now: float, ordered: frozenset[str]) -> None:
         seq = entry.seq
@@ -183,7 +185,7 @@ class Intake:
             key, item = rollup_item(formation, self._id_key, received_ms, ordered)
             item.marked = True  # its formation is its mark
             self._lanes.add(key, item, now)
-        self._work.set()
+        self._work.notify(len(formations))
 
     def _bring_back(self, formation: Formation, now: float, ordered: frozenset[str]) -> None:
         """A member of a rollup formed before the restart: that rollup, once, possibly sent."""

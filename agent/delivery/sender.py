@@ -31,7 +31,7 @@ from agent.config import RetryConfig, UpstreamConfig
 from agent.delivery.auth import TokenError, Tokens
 from agent.delivery.exits import Exits, Reason
 from agent.delivery.gate import Gate
-from agent.delivery.intake import IDLE_POLL_S, Intake, SpoolOut, wait_for
+from agent.delivery.intake import IDLE_POLL_S, Intake, SpoolOut
 from agent.delivery.item import Item
 from agent.delivery.lanes import Lane, Lanes
 from agent.delivery.ledger import Ledger
@@ -40,6 +40,7 @@ from agent.delivery.recheck import Resolver
 from agent.delivery.rollup import Rollups
 from agent.delivery.status import DeliveryStatus, LastResult
 from agent.delivery.uplink import Reply, Upstream
+from agent.delivery.wakeup import Wakeup
 from agent.errors import SpoolError
 from agent.logs import Throttled
 
@@ -83,7 +84,7 @@ class Sender:
             else None
         )
         self._lanes: Lanes[Item] = Lanes()
-        self._work = asyncio.Event()
+        self._work = Wakeup()
         window = max(4 * upstream.concurrency * self._batch_size, 1000)
         self._intake = Intake(
             spool,
@@ -124,7 +125,7 @@ class Sender:
         every task is cancelled and awaited. What is not acknowledged stays in the spool."""
         self._stopping = True
         self._intake.stop()
-        self._work.set()
+        self._work.notify_all()
         await self.gate.wake_all()
         deadline = self._clock() + grace_s
         while self.gate.in_flight and self._clock() < deadline:
@@ -154,8 +155,7 @@ class Sender:
         while not self._stopping:
             taken = self._take()
             if not taken:
-                self._work.clear()
-                await wait_for(self._work, IDLE_POLL_S * 4)
+                await self._work.wait(IDLE_POLL_S * 4)
                 continue
             batch = await self._linger(taken)
             for _, item in batch:
@@ -167,8 +167,7 @@ class Sender:
                 self._put_back([pair for pair in batch if pair[1].held])
                 await asyncio.sleep(1.0)
             finally:
-                self._intake.room.set()
-                self._work.set()
+                self._intake.room.set()  # (this sender takes the next record itself)
 
     def _take(self) -> Taken:
         first = self._lanes.take(self._clock())
@@ -389,7 +388,8 @@ class Sender:
         for lane, item in reversed(batch):
             item.held = False
             self._lanes.put_back(lane, item, now, until=until, parked=parked)
-        self._work.set()
+        if until <= now and not parked:
+            self._work.notify(len(batch))
 
     # --- state ----------------------------------------------------------------------------
 

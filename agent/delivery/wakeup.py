@@ -1,0 +1,49 @@
+"""Waking idle senders: as many as there is new work for, not all of them.
+
+Up to `upstream.concurrency` (256) sender tasks wait for records. An `asyncio.Event` set
+for each record admitted or sent wakes every idle one, and each goes back to sleep but
+one: at 256 senders that cost more CPU than the sends. `Wakeup.notify(n)` wakes at most
+n, the longest idle first; a waiter also wakes after its timeout (records put back with a
+delay become ready without a notify).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+
+
+class Wakeup:
+    def __init__(self) -> None:
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def idle(self) -> int:
+        return len(self._waiters)
+
+    def notify(self, n: int = 1) -> None:
+        """Wake at most `n` waiters."""
+        waiters = self._waiters
+        while n > 0 and waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                n -= 1
+
+    def notify_all(self) -> None:
+        self.notify(len(self._waiters))
+
+    async def wait(self, timeout: float) -> None:
+        """Return when notified, or after `timeout` seconds."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await waiter
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)  # timed out or cancelled: no longer waiting

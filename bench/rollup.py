@@ -1,0 +1,180 @@
+"""Benchmark of rollups: NDJSON ingest of a sum dimension's records, rolled up and delivered.
+
+Run: .venv/bin/python bench/rollup.py [--seconds S] [--window-s W]   (needs wrk)
+
+100 customers x 3 `sum` dimensions, NDJSON bodies of 1,000 records (values with decimals),
+timestamps `--age-s` in the past (a window already closed: each group goes out a linger
+after it opens, as in a catch-up). wrk posts for `--seconds` at 8 connections; then the
+agent drains. Printed, in one run:
+
+* accepted records/s, with rollups on and delivery running, against the ceiling measured in
+  the same run: the same load on the agent with `upstream.enabled = false`;
+* delivered records/s: every record, from the first post until the spool is empty;
+* upstream requests per 100 records (target: at most 1);
+* exactness: per (customer, dimension, hour) the stand-in's sum equals the posted sum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from drain import call, cpu_seconds, stand_in  # bench/drain.py
+from ingest import WRK_SCRIPT, free_port, wait_port  # bench/ingest.py
+
+CUSTOMERS, DIMENSIONS = 100, ("bytes-in", "bytes-out", "gpu-seconds")
+PER_BODY = 1000
+
+
+def body(age_s: float) -> tuple[bytes, Counter[tuple[str, str]]]:
+    """One NDJSON body and what it adds per (customer, dimension), in exact decimals."""
+    moment = datetime.now(UTC) - timedelta(seconds=age_s)
+    lines, sums = [], Counter[tuple[str, str]]()
+    for n in range(PER_BODY):
+        customer, dimension = f"customer-{n % CUSTOMERS:03d}", DIMENSIONS[n % len(DIMENSIONS)]
+        value = f"{n % 17}.{n % 100:02d}"
+        stamp = (moment + timedelta(milliseconds=n)).isoformat(timespec="milliseconds")
+        record = {
+            "timestamp": stamp.replace("+00:00", "Z"),
+            "customerId": customer,
+            "dimensionId": dimension,
+            "recordValue": value,
+            "metadata": {"region": "eu-west-1"},
+        }
+        lines.append(json.dumps(record))
+        sums[(customer, dimension)] += Decimal(value)  # type: ignore[assignment]
+    return ("\n".join(lines) + "\n").encode(), sums
+
+
+def start_agent(
+    root: Path, name: str, fake_url: str, *, deliver: bool, window_s: int
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    config = root / f"{name}.toml"
+    upstream = (
+        f'url = "{fake_url}/usage"\ntoken_url = "{fake_url}/oauth/token"\n'
+        'client_id = "test-client"\nclient_secret = "test-secret"\n'
+        if deliver
+        else "enabled = false\n"
+    )
+    config.write_text(
+        f'[spool]\ndir = "{root / ("spool-" + name)}"\nmin_free_bytes = 0\n'
+        f"max_bytes = {64 * 1024**3}\n"
+        f'[ingest]\nlisten = "127.0.0.1:{port}"\nunix_socket = ""\n'
+        "max_request_bytes = 4194304\n"
+        f"[upstream]\n{upstream}"
+        f"[rollup]\ndimensions = {json.dumps(list(DIMENSIONS))}\nwindow_s = {window_s}\n"
+        '[log]\nlevel = "WARNING"\n'
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)])
+    wait_port(port)
+    return proc, port
+
+
+def wrk_ndjson(port: int, seconds: float, body_file: Path, script: Path) -> float:
+    """Requests/s of NDJSON posts, 8 connections."""
+    out = subprocess.run(
+        [
+            *("wrk", "-t1", "-c8", f"-d{max(1, round(seconds))}s", "--timeout", "10s"),
+            *("-s", str(script), f"http://127.0.0.1:{port}/usage"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "BODY_FILE": str(body_file)},
+    ).stdout
+    line = next(line for line in out.splitlines() if line.startswith("RESULT"))
+    requests, duration_us, bad_status, socket_errors = (float(x) for x in line.split()[1:5])
+    if bad_status or socket_errors:
+        raise RuntimeError(f"{bad_status:.0f} non-2xx answers, {socket_errors:.0f} socket errors")
+    return requests / (duration_us / 1e6)
+
+
+def backlog(port: int) -> int:
+    return int(call(f"http://127.0.0.1:{port}/status")["spool"]["backlog_records"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--window-s", type=int, default=10)
+    parser.add_argument("--age-s", type=float, default=3600.0)
+    args = parser.parse_args()
+    catalog = [{"dimensionId": d, "aggregationMethod": "sum"} for d in DIMENSIONS]
+    root_catalog = Path(os.environ.get("TMPDIR", "/tmp")) / f"rollup-catalog-{os.getpid()}.json"
+    root_catalog.write_text(json.dumps(catalog))
+    try:
+        with stand_in("bench-rollup-", None, "--dimensions", str(root_catalog)) as (root, fake):
+            run(root, fake, args)
+    finally:
+        root_catalog.unlink()
+
+
+def run(root: Path, fake: str, args: argparse.Namespace) -> None:
+    data, per_body = body(args.age_s)
+    body_file, script = root / "body.ndjson", root / "post.lua"
+    body_file.write_bytes(data)
+    script.write_text(WRK_SCRIPT.replace("application/json", "application/x-ndjson"))
+    print(
+        f"{CUSTOMERS} customers x {len(DIMENSIONS)} sum dimensions, NDJSON bodies of {PER_BODY:,}"
+        f" records, wrk 8 connections {args.seconds:.0f} s, rollup window {args.window_s} s,"
+        f" timestamps {args.age_s:.0f} s old\n"
+    )
+    ceiling_agent, port = start_agent(root, "off", fake, deliver=False, window_s=args.window_s)
+    try:
+        ceiling = wrk_ndjson(port, args.seconds, body_file, script) * PER_BODY
+    finally:
+        ceiling_agent.terminate()
+        ceiling_agent.wait(timeout=30)
+    call(f"{fake}/_fake/reset", {})
+    agent, port = start_agent(root, "on", fake, deliver=True, window_s=args.window_s)
+    try:
+        cpu_before = cpu_seconds(agent.pid)
+        started = time.monotonic()
+        accepted_rate = wrk_ndjson(port, args.seconds, body_file, script) * PER_BODY
+        while backlog(port) > 0:
+            time.sleep(0.05)
+        drained_s = time.monotonic() - started
+        cpu = cpu_seconds(agent.pid) - cpu_before
+        status = call(f"http://127.0.0.1:{port}/status")["delivery"]
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+    records = status["rollup"]["records_rolled_up"]
+    held = call(f"{fake}/_fake/records")
+    bodies = records // PER_BODY
+    expected = {key: value * bodies for key, value in per_body.items()}  # type: ignore[misc]
+    got: dict[tuple[str, str], Decimal] = {}
+    for entry in held:
+        r = entry["record"]
+        key = (r["customerId"], r["dimensionId"])
+        got[key] = got.get(key, Decimal(0)) + Decimal(r["recordValue"])
+    exact = records % PER_BODY == 0 and got == expected
+    print(f"{'':>28} {'records/s':>12} {'ceiling':>12} {'ratio':>6}")
+    print(
+        f"{'accepted (rollups, sending)':>28} {accepted_rate:>12,.0f} {ceiling:>12,.0f}"
+        f" {accepted_rate / ceiling:>6.2f}   (ceiling: the same load, delivery off)"
+    )
+    print(
+        f"{'delivered (first post->empty)':>28} {records / drained_s:>12,.0f}"
+        f"   {records:,} records in {drained_s:.1f} s,"
+        f" agent CPU {cpu / records * 1e6:.1f} us/record"
+    )
+    print(
+        f"upstream requests: {len(held):,} for {records:,} records:"
+        f" {len(held) / records * 100:.3f} per 100 records (target <= 1)"
+    )
+    print(f"sum per (customer, dimension) at the stand-in equals the posted sum: {exact}")
+
+
+if __name__ == "__main__":
+    main()
