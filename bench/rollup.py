@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from drain import call, cpu_seconds, stand_in  # bench/drain.py
-from ingest import WRK_SCRIPT, free_port, wait_port  # bench/ingest.py
+from ingest import WRK_SCRIPT, free_port, wait_port, wrk  # bench/ingest.py
 
 CUSTOMERS, DIMENSIONS = 100, ("bytes-in", "bytes-out", "gpu-seconds")
 PER_BODY = 1000
@@ -80,25 +80,6 @@ def start_agent(
     return proc, port
 
 
-def wrk_ndjson(port: int, seconds: float, body_file: Path, script: Path) -> float:
-    """Requests/s of NDJSON posts, 8 connections."""
-    out = subprocess.run(
-        [
-            *("wrk", "-t1", "-c8", f"-d{max(1, round(seconds))}s", "--timeout", "10s"),
-            *("-s", str(script), f"http://127.0.0.1:{port}/usage"),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "BODY_FILE": str(body_file)},
-    ).stdout
-    line = next(line for line in out.splitlines() if line.startswith("RESULT"))
-    requests, duration_us, bad_status, socket_errors = (float(x) for x in line.split()[1:5])
-    if bad_status or socket_errors:
-        raise RuntimeError(f"{bad_status:.0f} non-2xx answers, {socket_errors:.0f} socket errors")
-    return requests / (duration_us / 1e6)
-
-
 def backlog(port: int) -> int:
     return int(call(f"http://127.0.0.1:{port}/status")["spool"]["backlog_records"])
 
@@ -131,7 +112,10 @@ def run(root: Path, fake: str, args: argparse.Namespace) -> None:
     )
     ceiling_agent, port = start_agent(root, "off", fake, deliver=False, window_s=args.window_s)
     try:
-        ceiling = wrk_ndjson(port, args.seconds, body_file, script) * PER_BODY
+        ceiling = (
+            wrk(f"http://127.0.0.1:{port}/usage", 8, args.seconds, body_file, script)["rps"]
+            * PER_BODY
+        )
     finally:
         ceiling_agent.terminate()
         ceiling_agent.wait(timeout=30)
@@ -140,7 +124,10 @@ def run(root: Path, fake: str, args: argparse.Namespace) -> None:
     try:
         cpu_before = cpu_seconds(agent.pid)
         started = time.monotonic()
-        accepted_rate = wrk_ndjson(port, args.seconds, body_file, script) * PER_BODY
+        accepted_rate = (
+            wrk(f"http://127.0.0.1:{port}/usage", 8, args.seconds, body_file, script)["rps"]
+            * PER_BODY
+        )
         while backlog(port) > 0:
             time.sleep(0.05)
         drained_s = time.monotonic() - started
