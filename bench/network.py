@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,9 @@ class Row:
     records: int
     rate: float
     in_flight: float
+    limit: float  # the pace's limit on sends in flight (mean of the same samples)
     cpu_us: float
+    rtt_seen_ms: float  # the agent's mean request time: the stand-in's delay and both loops
 
     @property
     def bound(self) -> float | None:
@@ -63,23 +66,44 @@ def run(root: Path, fake_url: str, *, delivery: str, concurrency: int, delay: fl
     )
     agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)])
     samples: list[float] = []
+    limits: list[float] = []
     try:
         wait_port(port)
         started = time.perf_counter()
         while True:
             status: dict[str, Any] = call(f"http://127.0.0.1:{port}/status")
             samples.append(float(status["delivery"]["in_flight"]))
+            limits.append(float(status["delivery"]["concurrency_limit"]))
             if not status["spool"]["backlog_records"]:
                 break
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
         cpu = cpu_seconds(agent.pid)
+        rtt_seen = mean_request_s(f"http://127.0.0.1:{port}/metrics")
     finally:
         agent.terminate()
         agent.wait(timeout=60)
         call(f"{fake_url}/_fake/faults", {"delay_s": 0})
     mean = statistics.fmean(samples) if samples else 0.0
-    return Row(delivery, concurrency, delay, n, n / elapsed, mean, cpu / n * 1e6)
+    limit = statistics.fmean(limits) if limits else 0.0
+    return Row(
+        delivery, concurrency, delay, n, n / elapsed, mean, limit, cpu / n * 1e6, rtt_seen * 1e3
+    )
+
+
+def mean_request_s(metrics_url: str) -> float:
+    """The mean of usage_agent_upstream_request_seconds, from the agent's /metrics."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in (
+            "usage_agent_upstream_request_seconds_sum",
+            "usage_agent_upstream_request_seconds_count",
+        ):
+            values[name.rsplit("_", 1)[1]] = float(value)
+    return values["sum"] / values["count"] if values.get("count") else 0.0
 
 
 def show(row: Row) -> None:
@@ -92,7 +116,9 @@ def show(row: Row) -> None:
         f"{row.records:,}",
         f"{row.rate:,.0f}",
         f"{row.in_flight:.1f}",
+        f"{row.limit:.1f}",
         f"{row.cpu_us:.0f}",
+        f"{row.rtt_seen_ms:.1f}",
         bound,
         ratio,
     )
@@ -105,16 +131,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 256])
     parser.add_argument("--delivery", nargs="+", default=["effectively-once", "at-least-once"])
     parser.add_argument("--max-records", type=int, default=60_000)
+    parser.add_argument("--delays-ms", type=float, nargs="+", default=[d * 1000 for d in DELAYS_S])
     parser.add_argument("--catch-up", type=int, default=0, help="records for the catch-up run")
     parser.add_argument("--dir", default=None)
     args = parser.parse_args()
     with stand_in("bench-network-", args.dir) as (root, fake_url):
-        header = ("delivery", "concurrency", "RTT", "records", "records/s", "in flight",
-                  "CPU us/record", "bound", "ratio")  # fmt: skip
+        header = ("delivery", "concurrency", "RTT", "records", "records/s", "in flight", "limit",
+                  "CPU us/record", "RTT seen ms", "bound", "ratio")  # fmt: skip
         print(" ".join(f"{h:>16}" for h in header))
         for delivery in args.delivery:
             for concurrency in args.concurrency:
-                for delay in DELAYS_S:
+                for delay in (ms / 1000 for ms in args.delays_ms):
                     at_bound = concurrency / delay if delay else args.max_records
                     n = int(min(args.max_records, max(2_000, at_bound * args.seconds)))
                     show(

@@ -3,11 +3,13 @@
 Across a network one record per request is bound by sends in flight / round-trip time, so
 the pace must grow to what the rate needs, and shrink when the upstream pushes back:
 
-* **Grows only when it binds**: a success grows the limit only if a send has started at
-  the limit since it last changed (an agent that needs 10 sends in flight keeps about 10,
-  not `upstream.concurrency`: a fleet is not a stampede). In *slow start* (from the first
-  send, and again after an outage) each such success adds one (the limit doubles each
-  round trip); after the first push-back, one per round of successes (additive).
+* **Grows only when it binds** (an agent that needs 10 sends in flight keeps about 10, not
+  `upstream.concurrency`: a fleet is not a stampede). In *slow start* (from the first send,
+  and again after an outage) each success adds one while the limit is under twice the
+  most sends seen in flight, so it doubles each round trip (as TCP's slow start, which
+  counts a window as used when half of it is); after the first push-back, a success adds
+  one per round of successes (additive), and only if a send has started at the limit
+  since it last changed.
 * **Shrinks on push-back**: a 429 or 5xx halves it, a send without an answer (timeout,
   reset) takes a quarter off, and a round trip well above the unloaded one (the recent
   average over `RTT_TOLERANCE` times the least round trip of the last minute or so, plus
@@ -56,18 +58,23 @@ class Pace:
         self._rng = rng or random.Random()
         self._last_cut = float("-inf")
         self._bound = False  # a send started at the limit since it last changed
+        self._peak = 0  # the most sends in flight seen (slow start grows to twice it)
 
     def sent(self, in_flight: int) -> None:
         """A send started; `in_flight` sends (itself included) are out now."""
         if in_flight >= int(self.limit):
             self._bound = True
+        self._peak = max(self._peak, in_flight)
 
     def succeeded(self) -> None:
         """A send was answered 2xx: one more is allowed if the limit was binding."""
+        if self.slow_start:
+            if self.limit < 2 * self._peak:
+                self._set(min(self.ceiling, self.limit + 1.0))
+            return
         if not self._bound:
             return  # the rate did not need the sends allowed: no reason to allow more
-        step = 1.0 if self.slow_start else 1.0 / self.limit
-        self._set(min(self.ceiling, self.limit + step))
+        self._set(min(self.ceiling, self.limit + 1.0 / self.limit))
 
     def overloaded(self) -> None:
         """A 429 or a 5xx: halve."""
@@ -104,6 +111,7 @@ class Pace:
         """After an outage: slow start again, from a jittered limit."""
         self._set(min(self.ceiling, INITIAL_LIMIT * self._rng.uniform(0.5, 1.5)))
         self.slow_start = True
+        self._peak = 0
 
     def _cut(self, factor: float) -> None:
         self._set(max(1.0, self.limit * factor))

@@ -57,6 +57,27 @@ def test_it_grows_only_when_the_limit_binds():
     assert pace.limit == INITIAL_LIMIT
 
 
+def test_slow_start_grows_to_twice_the_sends_the_rate_needs_and_no_further():
+    """As TCP's slow start: a window half used is used (the sends of a round do not all
+    start at once), so growth stops at twice the most seen in flight."""
+    pace = Pace(256)
+    for _ in range(10_000):
+        pace.sent(10)
+        pace.succeeded()
+    assert pace.limit == 20
+
+
+def test_after_push_back_it_grows_only_when_a_send_reaches_the_limit():
+    pace = Pace(256)
+    for _ in range(4):
+        full_round(pace)
+    pace.overloaded()
+    for _ in range(10_000):
+        pace.sent(20)  # under the limit of 32
+        pace.succeeded()
+    assert pace.limit == 32
+
+
 @pytest.mark.parametrize(("push_back", "factor"), [("overloaded", 0.5), ("unanswered", 0.75)])
 def test_push_back_shrinks_it_to_no_less_than_one(push_back: str, factor: float):
     pace = Pace(64)
