@@ -1,7 +1,9 @@
 """Intake: entries from the spool into the lanes, a bounded window of them at a time.
 
-The intake holds at most `window` records that can be sent; the records of a held lane
-(parked, or settling) do not count, so a parked customer never starves the rest. An entry
+The intake holds at most `window` records that can be sent; the records of a lane held
+apart (parked, or settling) do not count, up to another `window` of them, so a parked
+customer never starves the rest and memory stays bounded. Records held for a retry's
+backoff count: during an outage the intake reads no further than its window. An entry
 that is not a readable record leaves at once through `Exits.unreadable`.
 
 With rollups (`agent.delivery.rollup`), the records of rolled-up dimensions go to their
@@ -108,7 +110,8 @@ class Intake:
             self._lanes.release_held(now)
             if self._rollups is not None:
                 await self._form(self._rollups, now)
-            room = self._window - (self._lanes.buffered - self._lanes.held_items(now))
+            apart = min(self._window, self._lanes.held_apart(now))
+            room = self._window - (self._lanes.buffered - apart)
             if self._rollups is not None and self._rollups.waiting_for_catalog:
                 await asyncio.sleep(IDLE_POLL_S)
                 continue

@@ -5,8 +5,10 @@ the difference from the previous value), so such records travel in an *ordered* 
 in flight at a time, in the order they were accepted. Every other record travels in an
 unordered lane, with no limit per lane. Lanes with work are served round-robin, so one busy
 pair never holds up the rest. A lane can be *held* until a given time, its records waiting
-while the others flow: *parked* when the upstream said 404 for its customer or dimension,
-or held while a record's unknown outcome settles before it can be checked.
+while the others flow: for a retry's backoff; and *apart*, when its records wait for a
+reason of their own and must not take the others' place in the intake's window: *parked*
+when the upstream said 404 for its customer or dimension, or while a record's unknown
+outcome settles before it can be checked.
 
 Pure bookkeeping: no I/O, no clock of its own (times are passed in).
 """
@@ -29,6 +31,7 @@ class Lane(Generic[T]):
     in_flight: int = 0
     held_until: float = 0.0
     parked: bool = False  # held because the upstream does not know the pair (404)
+    apart: bool = False  # held for a reason of its own records (parked, settling)
     queued: bool = False  # in the round-robin queue
 
     @property
@@ -108,15 +111,23 @@ class Lanes(Generic[T]):
             self._lanes.pop(lane.key, None)
 
     def put_back(
-        self, lane: Lane[T], item: T, now: float, *, until: float = 0.0, parked: bool = False
+        self,
+        lane: Lane[T],
+        item: T,
+        now: float,
+        *,
+        until: float = 0.0,
+        parked: bool = False,
+        apart: bool = False,
     ) -> None:
         """The item goes back to the front of its lane (to be sent again, first); with
-        `until`, the lane is held until then (`parked`: because of a 404)."""
+        `until`, the lane is held until then (`parked`: because of a 404, and so `apart`)."""
         lane.in_flight -= 1
         lane.items.appendleft(item)
         if until > lane.held_until:
             lane.held_until = until
             lane.parked = lane.parked or parked
+            lane.apart = lane.apart or apart or parked
             self._held[lane.key] = lane
         self._offer(lane, now)
 
@@ -126,16 +137,18 @@ class Lanes(Generic[T]):
         for key, lane in list(self._held.items()):
             if lane.held_until <= now:
                 lane.held_until = 0.0
-                lane.parked = False
+                lane.parked = lane.apart = False
                 del self._held[key]
                 self._offer(lane, now)
 
     def parked(self, now: float) -> list[LaneKey]:
         return [k for k, lane in self._held.items() if lane.parked and lane.held_until > now]
 
-    def held_items(self, now: float) -> int:
-        """Records that cannot be sent now: their lane is held."""
-        return sum(len(lane.items) for lane in self._held.values() if lane.held_until > now)
+    def held_apart(self, now: float) -> int:
+        """Records that wait for a reason of their own: their lane is held apart."""
+        return sum(
+            len(lane.items) for lane in self._held.values() if lane.apart and lane.held_until > now
+        )
 
     def _offer(self, lane: Lane[T], now: float, *, force: bool = False) -> None:
         if not lane.queued and (force or lane.eligible(now)):

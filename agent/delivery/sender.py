@@ -254,7 +254,7 @@ class Sender:
             self.gate.failed(ticket, overload=False)
             self._retry_later(batch)
         else:
-            self._put_back(batch, until=self._clock() + check.wait_s)
+            self._put_back(batch, until=self._clock() + check.wait_s, apart=True)
         return []
 
     async def _send(self, batch: Taken, token: str, ticket: int, *, token_refreshed: bool) -> None:
@@ -323,7 +323,7 @@ class Sender:
         elif action is Action.CHECK:
             assert self._resolver is not None
             self._resolver.became_unknown([item for _, item in batch], self._clock())
-            self._put_back(batch, until=self._clock() + self._config.unknown_settle_s)
+            self._put_back(batch, until=self._clock() + self._config.unknown_settle_s, apart=True)
         else:
             self._retry_later(batch)
 
@@ -381,13 +381,15 @@ class Sender:
             failures = max(failures, item.failures)
         self._put_back(batch, until=self._clock() + self.gate.backoff_s(failures))
 
-    def _put_back(self, batch: Taken, *, until: float = 0.0, parked: bool = False) -> None:
+    def _put_back(
+        self, batch: Taken, *, until: float = 0.0, parked: bool = False, apart: bool = False
+    ) -> None:
         """The records go back to the front of their lanes, in their order, to be sent
         again (not before `until`)."""
         now = self._clock()
         for lane, item in reversed(batch):
             item.held = False
-            self._lanes.put_back(lane, item, now, until=until, parked=parked)
+            self._lanes.put_back(lane, item, now, until=until, parked=parked, apart=apart)
         if until <= now and not parked:
             self._work.notify(len(batch))
 

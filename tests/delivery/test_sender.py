@@ -56,6 +56,8 @@ async def test_an_outage_loses_nothing(start_agent: AgentFactory, paigo: FakePai
     await asyncio.sleep(0.5)
     assert paigo.records == []
     assert agent.service.spool.backlog == 10_000
+    assert agent.service.sender is not None  # the backlog waits on disk, not in memory:
+    assert agent.service.sender.status().buffered_records <= 4 * 256  # the intake's window
     paigo.fail_next(0)
     await paigo.start(port=port)
     await eventually(lambda: len(paigo.records) >= 10_000, timeout=60, what="drain after outage")
