@@ -208,11 +208,12 @@ class Intake:
 def rolled_up(
     rollups: Rollups, seq: int, envelope: Envelope, record: Record, aggregation: str
 ) -> bool:
-    """Whether the record joined its group; a value that cannot be summed exactly (more
-    digits than a rollup keeps) is sent on its own."""
+    """Whether the record joined its group. One that cannot join (a value with more digits
+    than a rollup keeps, an instant it cannot place) is sent on its own: it was accepted,
+    so it is never a dead letter for this."""
     try:
         rollups.add(seq, envelope, record, aggregation)
-    except ArithmeticError:
+    except (ArithmeticError, ValueError):
         return False
     return True
 

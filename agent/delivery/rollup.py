@@ -28,10 +28,12 @@ ledger (`Formation`, one JSON object in the marks spool) before its first send:
      "k": {"<seq>": the member's idempotency key, for members that had one}}
 
 and the formation is the rollup's mark: after a crash its members, still in the usage
-spool, come back as the same rollup (unknown: checked before it is sent again), never as
-a second one under another identity. The raw records stay in the usage spool until their
-rollup leaves; the deliveries file lists each rollup's members' ids (`"m"`), so
-`reconcile` can explain a sum. A rollup's id is `<spool id>-<first member's seq>-rollup`.
+spool, come back as the same rollup, never as a second one under another identity
+(effectively-once: checked before it is sent again; at-least-once: sent again
+byte-identical, and Paigo's store overwrites an identical point). The raw records stay in
+the usage spool until their rollup leaves; the deliveries file lists each rollup's
+members' ids (`"m"`), so `reconcile` can explain a sum. A rollup's id is
+`<spool id>-<first member's seq>-rollup`.
 """
 
 from __future__ import annotations
