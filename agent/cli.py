@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Final
 
 import orjson
 
@@ -49,12 +51,26 @@ def _load(args: argparse.Namespace) -> config.Config:
     return _loaded(args).config
 
 
+GC_THRESHOLDS: Final = (50_000, 20, 100)  # Python's default: (700, 10, 10)
+
+
+def tune_collector() -> None:
+    """The daemon holds hundreds of thousands of long-lived objects (the records on their
+    way, open rollups, remembered keys) while it makes and drops as many a second. With
+    Python's default thresholds the collector keeps walking the long-lived ones: 30 to 40 %
+    of the agent's CPU per record in array delivery and rollups (bench/drain.py,
+    bench/rollup.py). Collecting the young generation every 50,000 allocations instead of
+    700 keeps reference cycles collected, at a few MB of garbage at most."""
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from agent import logs
     from agent.service import Service, StartFailed
 
     cfg = _load(args)
     logs.configure(cfg.log.level, cfg.log.format)
+    tune_collector()
     try:
         asyncio.run(Service(cfg).run(reread=lambda: _load(args)))
     except StartFailed as exc:
