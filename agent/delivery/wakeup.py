@@ -18,10 +18,6 @@ class Wakeup:
     def __init__(self) -> None:
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    @property
-    def idle(self) -> int:
-        return len(self._waiters)
-
     def notify(self, n: int = 1) -> None:
         """Wake at most `n` waiters."""
         waiters = self._waiters
