@@ -170,13 +170,17 @@ class Catalog:
         """What a fresh catalog says against records of these dimensions (in request order)."""
         if not self.fresh:
             return []
-        if any(d not in self._dimensions for d in dimension_ids):
+        distinct = set(dimension_ids)  # a request holds few: each is judged once
+        if not distinct <= self._dimensions.keys():
             await self._refresh_for_a_miss()
-        found = []
-        for index, dimension_id in enumerate(dimension_ids):
-            if (why := self._problem(dimension_id, invoice)) is not None:
-                found.append(Problem(index, "dimensionId", why))
-        return found
+        why = {d: reason for d in distinct if (reason := self._problem(d, invoice)) is not None}
+        if not why:
+            return []
+        return [
+            Problem(index, "dimensionId", why[dimension_id])
+            for index, dimension_id in enumerate(dimension_ids)
+            if dimension_id in why
+        ]
 
     async def _refresh_for_a_miss(self) -> None:
         if self._clock() - self._miss_refreshed_at < MISS_REFRESH_S:

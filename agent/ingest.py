@@ -323,6 +323,8 @@ def _loads(raw: bytes) -> object:
         if "infinity" not in str(exc):
             raise
         return _exact_loads(raw)
+    if type(value) is dict:  # one record: the common case, checked without a generator
+        return _exact_loads(raw) if type(value.get("recordValue")) is float else value
     records = value if isinstance(value, list) else [value]
     if any(isinstance(r, dict) and type(r.get("recordValue")) is float for r in records):
         return _exact_loads(raw)

@@ -50,9 +50,8 @@ _KNOWN_SET: Final = frozenset(KNOWN_FIELDS)
 MAX_ID_CHARS: Final = 256
 MAX_METADATA_BYTES: Final = 16384
 
-_TIMESTAMP = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})",
-    re.ASCII,
+_TIMESTAMP = re.compile(  # no capturing groups: this runs for every record
+    r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d+)?(?:[Zz]|[+-]\d\d:\d\d)", re.ASCII
 )
 PAIGO_NUMBER: Final = re.compile(r"[+-]?([0-9]*[.])?[0-9]+", re.ASCII)  # Paigo's own pattern
 
@@ -328,11 +327,8 @@ def decode_envelope(payload: bytes) -> Envelope:
     version, flags, received_at_ms, key_len = _ENVELOPE_HEAD.unpack_from(payload)
     if version != ENVELOPE_VERSION:
         raise ValueError(f"envelope version {version} is not {ENVELOPE_VERSION}")
-    start = _ENVELOPE_HEAD.size
+    start = _ENVELOPE_HEAD.size  # (positional arguments: this runs for every record read)
+    if not key_len:
+        return Envelope(payload[start:], received_at_ms, bool(flags & FLAG_INVOICE))
     key = payload[start : start + key_len].decode()
-    return Envelope(
-        record_json=payload[start + key_len :],
-        received_at_ms=received_at_ms,
-        invoice=bool(flags & FLAG_INVOICE),
-        key=key,
-    )
+    return Envelope(payload[start + key_len :], received_at_ms, bool(flags & FLAG_INVOICE), key)

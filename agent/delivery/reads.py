@@ -33,8 +33,11 @@ CHECK_SPAN_S: Final = 1.0  # the effectively-once check reads this either side o
 
 
 def instant(timestamp: str) -> datetime:
-    """The instant of an RFC 3339 timestamp (`T`, `t` or a space; `Z`, `z` or an offset)."""
-    return datetime.fromisoformat(timestamp.upper().replace("Z", "+00:00"))
+    """The instant of an RFC 3339 timestamp (`T`, `t` or a space; `Z`, `z` or an offset).
+    (Python reads any separator and `Z` itself, not `z`: this runs for every rolled-up record.)"""
+    if timestamp[-1:] == "z":
+        timestamp = timestamp[:-1] + "Z"
+    return datetime.fromisoformat(timestamp)
 
 
 def rfc3339(moment: datetime) -> str:
