@@ -71,11 +71,28 @@ def item_of(
     customer, dimension = str(record["customerId"]), str(record["dimensionId"])
     item = Item(seq, stable_id(envelope, spool_id, seq), envelope, record, envelope.record_json)
     if id_key:
-        metadata = dict(record.get("metadata") or {})  # type: ignore[call-overload]
-        metadata[id_key] = item.id
-        item.body = orjson.dumps({**record, "metadata": metadata})
+        item.body = stamped_body(envelope.record_json, record, id_key, item.id)
     ordered = envelope.invoice or dimension in ordered_dims
     return (customer, dimension, ordered), item
+
+
+def stamped_body(record_json: bytes, record: Record, id_key: str, record_id: str) -> bytes:
+    """The record's JSON with `record_id` added to its metadata under `id_key` (last).
+
+    The JSON the spool holds is compact, as ingest wrote it, with the app's field order.
+    When metadata is absent or is the last field, the stamp is spliced into those bytes
+    (the same bytes a fresh encoding gives, at a fraction of the cost: this runs for every
+    record); any other shape is encoded afresh from `record`."""
+    stamp = orjson.dumps(id_key) + b":" + orjson.dumps(record_id)
+    metadata = record.get("metadata")
+    if metadata is None and "metadata" not in record and record_json.endswith(b"}"):
+        return record_json[:-1] + b',"metadata":{' + stamp + b"}}"
+    last = type(metadata) is dict and next(reversed(record)) == "metadata"
+    if last and record_json.endswith(b"}}") and (metadata or record_json.endswith(b"{}}")):
+        return record_json[:-2] + (b"," if metadata else b"") + stamp + b"}}"
+    fresh = dict(metadata or {})  # type: ignore[call-overload]
+    fresh[id_key] = record_id
+    return orjson.dumps({**record, "metadata": fresh})
 
 
 def rollup_item(

@@ -205,11 +205,14 @@ class Rollups:
 
     def add(self, seq: int, envelope: Envelope, record: Record, aggregation: str) -> None:
         """A member for its group (opened when needed). ValueError or ArithmeticError when
-        it cannot be rolled up (then nothing changed): it is sent on its own."""
+        it cannot be rolled up (then nothing changed): it is sent on its own. So is a record
+        whose metadata has `COUNT_KEY` of its own, which a rollup would overwrite."""
+        metadata = record.get("metadata")
+        if metadata and COUNT_KEY in metadata:  # type: ignore[operator]
+            raise ValueError(f"its metadata has {COUNT_KEY} of its own")
         timestamp = str(record["timestamp"])
         moment = instant(timestamp)
         window = int(moment.timestamp() // self._window)
-        metadata = record.get("metadata")
         meta_key = orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS) if metadata else b""
         key = (str(record["customerId"]), str(record["dimensionId"]), window, meta_key)
         group = self._groups.get(key)

@@ -170,6 +170,16 @@ def test_a_value_too_long_to_sum_exactly_changes_nothing():
     assert formation.seqs == [0] and formed(formation)["recordValue"] == "1"
 
 
+def test_a_record_with_a_count_of_its_own_is_not_rolled_up_so_its_count_is_kept():
+    clock = Clock(0)
+    r = rollups(clock)
+    feed(r, [usage("1", metadata={"region": "eu"})])
+    with pytest.raises(ValueError, match=COUNT_KEY):  # the intake then sends it on its own
+        feed(r, [usage("2", metadata={"region": "eu", COUNT_KEY: 40})], first_seq=1)
+    [formation] = closed(r, clock)
+    assert formation.seqs == [0] and formed(formation)["metadata"][COUNT_KEY] == 1
+
+
 def test_a_formation_round_trips_and_names_its_members():
     clock = Clock(at("2026-11-25T11:00:00Z"))
     r = rollups(clock)
