@@ -6,7 +6,8 @@ ledger's marks and the idempotency keys use; dead letters) is recorded as its fi
 calls (`crash_model.Recorder`), with what was acknowledged in between. At every call, crash
 states are built from the trace (`crash_model.Model`): all unsynced changes lost, all kept,
 and a seeded sample in between (prefixes, torn writes, directory entries kept or not).
-Each distinct state is opened with the agent's own recovery and must hold:
+Each distinct state is opened with the agent's own recovery (the crash points shared
+among two processes, one a core) and must hold:
 
 * it opens: a power cut never leaves a spool the agent refuses;
 * every record acknowledged (appended) and not yet consumed is read back exactly once,
@@ -26,10 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import multiprocessing
 import os
 import random
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +47,8 @@ from tests.spool.crash_model import Model, Recorder, materialize
 
 SAMPLES = int(os.environ.get("CRASH_STATES_PER_POINT", "4"))
 ROUNDS = 115
+PARTS = 2  # processes checking states (at most one a core)
+POINTS_A_RUN = 25
 FAST_DIR = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # tmpfs where there is one
 
 
@@ -261,16 +266,56 @@ class Outcome:
 
 
 async def crash_states(
-    tmp: Path, recorder: Recorder, samples: int, fsync: str, stop_at_first: bool = False
+    recorder: Recorder, samples: int, fsync: str, stop_at_first: bool = False
 ) -> Outcome:
     """Every crash point of the trace, each with the all-lost, all-kept and `samples`
-    random states, each distinct state checked once."""
-    ops, root = recorder.ops, recorder.root
+    random states, each distinct state checked once; the points shared among processes,
+    one a core (the states are independent: a check opens a copy of its own)."""
+    parts = min(PARTS, os.cpu_count() or 1)
+    if parts == 1 or stop_at_first:
+        ops, root = recorder.ops, recorder.root
+        return await crash_states_of_part(ops, root, samples, fsync, stop_at_first=stop_at_first)
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited loop
+    with ProcessPoolExecutor(parts, mp_context=spawn) as pool:
+        jobs = [
+            asyncio.wrap_future(
+                pool.submit(
+                    check_part, recorder.ops, recorder.root, samples, fsync, part=part, parts=parts
+                )
+            )
+            for part in range(parts)
+        ]
+        outcomes = await asyncio.gather(*jobs)
+    return Outcome(
+        states=sum(o.states for o in outcomes),
+        points=outcomes[0].points,
+        failures=[failure for o in outcomes for failure in o.failures],
+    )
+
+
+def check_part(
+    ops: list[tuple[object, ...]], root: str, samples: int, fsync: str, *, part: int, parts: int
+) -> Outcome:
+    return asyncio.run(crash_states_of_part(ops, root, samples, fsync, part=part, parts=parts))
+
+
+async def crash_states_of_part(
+    ops: list[tuple[object, ...]],
+    root: str,
+    samples: int,
+    fsync: str,
+    *,
+    part: int = 0,
+    parts: int = 1,
+    stop_at_first: bool = False,
+) -> Outcome:
+    """`crash_states` at the crash points of every `parts`-th run of `POINTS_A_RUN`, from
+    the `part`-th on (runs, not single points: neighbouring points share many states)."""
     checker = Checker(fsync, appended_by_the_end(ops))
-    dirs = {os.path.dirname(op[1]) for op in ops if op[0] in ("create", "rename")}
+    dirs = {os.path.dirname(str(op[1])) for op in ops if op[0] in ("create", "rename")}
     model, expected, seen = Model(), Expected(fsync), set()
     states = Path(tempfile.mkdtemp(dir=FAST_DIR))  # recovery's own fsyncs cost nothing there
-    rng = random.Random(1)
+    rng = random.Random(1 + part)
     outcome = Outcome()
     for index, op in enumerate(ops):
         if op[0] == "mark":
@@ -279,6 +324,8 @@ async def crash_states(
         model.apply(op)
         expected.note(op)
         outcome.points += 1
+        if outcome.points // POINTS_A_RUN % parts != part:
+            continue
         fresh = 0
         for attempt in range(2 + 4 * samples):  # up to `samples` new random states a point
             if attempt >= 2 and fresh >= samples + 2:
@@ -337,7 +384,7 @@ async def test_every_crash_state_keeps_every_durable_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: str
 ):
     recorder = await recorded(tmp_path, monkeypatch, fsync)
-    outcome = await crash_states(tmp_path, recorder, SAMPLES, fsync)
+    outcome = await crash_states(recorder, SAMPLES, fsync)
     print(f"\nfsync={fsync}: {outcome.states} distinct crash states at {outcome.points} points")
     assert outcome.failures == [], outcome.failures[:5]
     STATES_CHECKED.append(outcome.states)
@@ -372,5 +419,5 @@ async def test_leaving_out_one_fsync_is_caught(
 ):
     recorder = await recorded(tmp_path, monkeypatch, "always", skip=site, rounds=40)
     assert site in recorder.sites  # the site exists and was reached
-    outcome = await crash_states(tmp_path, recorder, 2, "always", stop_at_first=True)
+    outcome = await crash_states(recorder, 2, "always", stop_at_first=True)
     assert outcome.failures, f"no crash state notices {site} missing ({outcome.states})"
