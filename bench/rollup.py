@@ -38,6 +38,9 @@ PER_BODY = 1000
 def body(age_s: float) -> tuple[bytes, Counter[tuple[str, str]]]:
     """One NDJSON body and what it adds per (customer, dimension), in exact decimals."""
     moment = datetime.now(UTC) - timedelta(seconds=age_s)
+    # the body's second of timestamps starts 2 s into a 10 s window (rollup.window_s's
+    # default): where it straddled two windows, by chance, each key had two groups
+    moment -= timedelta(seconds=moment.timestamp() % 10 - 2)
     lines, sums = [], Counter[tuple[str, str]]()
     for n in range(PER_BODY):
         customer, dimension = f"customer-{n % CUSTOMERS:03d}", DIMENSIONS[n % len(DIMENSIONS)]
