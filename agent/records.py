@@ -328,7 +328,5 @@ def decode_envelope(payload: bytes) -> Envelope:
     if version != ENVELOPE_VERSION:
         raise ValueError(f"envelope version {version} is not {ENVELOPE_VERSION}")
     start = _ENVELOPE_HEAD.size  # (positional arguments: this runs for every record read)
-    if not key_len:
-        return Envelope(payload[start:], received_at_ms, bool(flags & FLAG_INVOICE))
-    key = payload[start : start + key_len].decode()
+    key = payload[start : start + key_len].decode() if key_len else ""
     return Envelope(payload[start + key_len :], received_at_ms, bool(flags & FLAG_INVOICE), key)
