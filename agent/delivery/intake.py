@@ -7,9 +7,10 @@ backoff count: during an outage the intake reads no further than its window. An 
 that is not a readable record leaves at once through `Exits.unreadable`.
 
 With rollups (`agent.delivery.rollup`), the records of rolled-up dimensions go to their
-groups instead; a closed group's formation is written to the ledger, and only then does its
-rollup enter a lane. After a restart, a record that belongs to a formation in the ledger
-brings back that rollup (once, as possibly sent) instead of joining a new group.
+groups instead, and a closed group's rollup enters a lane (the sender writes its formation
+to the ledger before its first send). After a restart, a record that belongs to a formation
+in the ledger brings back that rollup (once, as possibly sent) instead of joining a new
+group; a record of a rollup that was never sent joins a new group.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from agent.delivery.lanes import Lanes
 from agent.delivery.recheck import Resolver
 from agent.delivery.rollup import Formation, Rollups
 from agent.delivery.wakeup import Wakeup
-from agent.errors import SpoolError
-from agent.logs import Throttled
 from agent.records import Envelope, Record, decode_envelope
 from agent.spool.reader import Entry
 
@@ -54,14 +53,6 @@ class SpoolOut(Protocol):
     def ack(self, seqs: Sequence[int]) -> None: ...
 
 
-class Forming(Protocol):
-    """What rollups need of the ledger."""
-
-    formed: dict[int, Formation]
-
-    async def form(self, formations: list[Formation]) -> None: ...
-
-
 class Intake:
     def __init__(
         self,
@@ -75,12 +66,12 @@ class Intake:
         work: Wakeup,
         catalog_order: Callable[[], frozenset[str]] = frozenset,
         rollups: Rollups | None = None,
-        ledger: Forming | None = None,
+        formed: dict[int, Formation] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`catalog_order`: the dimensions delivered in order besides the configured ones
-        (the catalog's `last` dimensions); `rollups` (with the `ledger` that keeps their
-        formations): the groups of rolled-up records."""
+        (the catalog's `last` dimensions); `rollups`: the groups of rolled-up records;
+        `formed`: the rollups in the ledger from before a restart, by member seq."""
         self._spool = spool
         self._lanes = lanes
         self._exits = exits
@@ -94,11 +85,8 @@ class Intake:
         self.room = asyncio.Event()  # set by the senders when records left or went back
         self._stopping = False
         self._rollups = rollups
-        self._ledger = ledger
-        self._unwritten: list[Formation] = []  # closed, their formation not yet written
-        self._formed = ledger.formed if ledger is not None else {}
+        self._formed = formed if formed is not None else {}
         self._brought_back: set[str] = set()  # rollups formed before the restart, in lanes
-        self._form_failed = Throttled(log, "could not write rollups to the ledger")
 
     def stop(self) -> None:
         self._stopping = True
@@ -109,7 +97,7 @@ class Intake:
             now = self._clock()
             self._lanes.release_held(now)
             if self._rollups is not None:
-                await self._form(self._rollups, now)
+                self._form(self._rollups, now)
             apart = min(self._window, self._lanes.held_apart(now))
             room = self._window - (self._lanes.buffered - apart)
             if self._rollups is not None and self._rollups.waiting_for_catalog:
@@ -167,26 +155,16 @@ class Intake:
 
     # --- rollups ----------------------------------------------------------------------------
 
-    async def _form(self, rollups: Rollups, now: float) -> None:
-        """Close the groups whose time has come: their formations written to the ledger
-        (durably: they are the rollups' marks), then their rollups into the lanes. When the
-        ledger cannot be written they wait, closed, and are tried again."""
-        formations = self._unwritten + rollups.due()
+    def _form(self, rollups: Rollups, now: float) -> None:
+        """Close the groups whose time has come: their rollups into the lanes. (A rollup's
+        formation is written to the ledger by the sender, before its first send.)"""
+        formations = rollups.due()
         if not formations:
             return
-        assert self._ledger is not None
-        try:
-            await self._ledger.form(formations)
-        except SpoolError as exc:
-            self._unwritten = formations
-            self._form_failed.error("%s; %d rollups wait", exc, len(formations))
-            return
-        self._unwritten = []
         ordered = self._configured_order | self._catalog_order()
         received_ms = int(time.time() * 1000)
         for formation in formations:
             key, item = rollup_item(formation, self._id_key, received_ms, ordered)
-            item.marked = True  # its formation is its mark
             self._lanes.add(key, item, now)
         self._work.notify(len(formations))
 

@@ -30,6 +30,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -97,16 +98,15 @@ class Ledger:
     async def stop(self) -> None:
         await self._marks.close()
 
-    async def mark(self, seqs: list[int]) -> None:
-        """Durably note that these records are about to be sent."""
-        [mark] = await self._marks.append([orjson.dumps(seqs)])
-        self._marked.append((mark, max(seqs)))
-
-    async def form(self, formations: list[Formation]) -> None:
-        """Durably note rollups' membership, before their first send (their mark)."""
-        marks = await self._marks.append([formation.encode() for formation in formations])
-        for mark, formation in zip(marks, formations, strict=True):
-            self._marked.append((mark, max(formation.seqs)))
+    async def mark(self, seqs: list[int], formations: Sequence[Formation] = ()) -> None:
+        """Durably note, before their first send, the records `seqs` and the rollups
+        `formations` (their membership: their members' mark), in one write."""
+        entries = [orjson.dumps(seqs)] if seqs else []
+        entries += [formation.encode() for formation in formations]
+        marks = await self._marks.append(entries)
+        highest = [max(seqs)] if seqs else []
+        highest += [max(formation.seqs) for formation in formations]
+        self._marked.extend(zip(marks, highest, strict=True))
 
     def forget_through(self, cursor: int) -> None:
         """Drop the marks of records below `cursor` (the spool's persisted cursor)."""

@@ -16,8 +16,9 @@ looks for its stamp (`metadata[upstream.id_key]`):
 * the read fails: the record stays unknown and the check is retried with backoff. A 401 or
   403 gets one shared token refresh and the read again (`read_usage_refreshing`).
 
-The ledger (`agent.delivery.ledger`) makes this survive crashes: a record is marked before its
-first send, and a marked record found in the spool after a restart starts out unknown.
+The ledger (`agent.delivery.ledger`) makes this survive crashes: the sender marks a record
+before its first send, and a marked record found in the spool after a restart starts out
+unknown.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ class Unsure(Protocol):
 
     seq: int
     unknown_since: float | None
-    marked: bool
 
     @property
     def id(self) -> str: ...
@@ -140,11 +140,3 @@ class Resolver:
                 self._differs.warning("record %s: sent %s, read %s", item.id, item.fields, usage)
             return True
         return False
-
-    async def mark(self, items: list[Unsure]) -> None:
-        """Note durably, before their first send, that these records are going out."""
-        new = [item for item in items if not item.marked]
-        if new:
-            await self._ledger.mark([item.seq for item in new])
-            for item in new:
-                item.marked = True

@@ -96,7 +96,7 @@ class Sender:
             work=self._work,
             catalog_order=catalog_order,
             rollups=rollups,
-            ledger=ledger,
+            formed=ledger.formed,
             clock=clock,
         )
         self._tasks: list[asyncio.Task[None]] = []
@@ -216,16 +216,30 @@ class Sender:
                 batch = await self._resolve_unknown(self._resolver, batch, ticket)
                 if not batch:
                     return
-                try:
-                    await self._resolver.mark([item for _, item in batch])
-                except SpoolError as exc:  # no mark, no send: a full disk waits for room
-                    self._mark_failed.error("%s; the records wait in the spool", exc)
-                    self.gate.failed(ticket, overload=False)
-                    self._retry_later(batch)
-                    return
+            try:
+                await self._mark([item for _, item in batch])
+            except SpoolError as exc:  # no mark, no send: a full disk waits for room
+                self._mark_failed.error("%s; the records wait in the spool", exc)
+                self.gate.failed(ticket, overload=False)
+                self._retry_later(batch)
+                return
             await self._send(batch, token, ticket, token_refreshed=False)
         finally:
             await self.gate.release()
+
+    async def _mark(self, items: list[Item]) -> None:
+        """Note in the ledger, durably and before their first send, what may reach the
+        upstream: each rollup's formation (in either delivery mode: its membership, so that
+        a crash brings back the same rollup) and, effectively-once, each record. What is
+        never sent is never marked: after a stop it comes back as new, not possibly sent."""
+        new = [item for item in items if not item.marked]
+        formations = [item.rollup for item in new if item.rollup is not None]
+        seqs = [item.seq for item in new if item.rollup is None] if self._resolver else []
+        if not formations and not seqs:
+            return
+        await self._ledger.mark(seqs, formations)
+        for item in new:
+            item.marked = item.rollup is not None or bool(seqs)
 
     def _token_failed(self, exc: TokenError, ticket: int) -> None:
         if exc.permanent:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from agent.config import SpoolConfig
 from agent.delivery.ledger import DELIVERED, DELIVERED_OLD, Ledger, read_deliveries
+from agent.delivery.rollup import Formation
 from agent.spool.format import segment_first_seq
 
 
@@ -24,12 +25,14 @@ async def test_marks_survive_a_restart_and_are_forgotten_behind_the_cursor(tmp_p
     ledger = Ledger(config, 1 << 20)
     await ledger.start()
     await ledger.mark([1, 2, 3])
-    await ledger.mark([4])
+    rollup = Formation("spool-5-rollup", b'{"recordValue":"3"}', [5, 6], {6: "app-key:0"})
+    await ledger.mark([4], [rollup])  # a rollup's formation is its members' mark
     await ledger.stop()
 
     again = Ledger(config, 1 << 20)
     await again.start()
     assert again.maybe_sent == {1, 2, 3, 4}
+    assert again.formed == {5: rollup, 6: rollup}
     again.forget_through(4)  # records 1..3 are behind the persisted cursor
     assert again.maybe_sent == {4}
     await again.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from agent.config import RollupConfig
 from agent.delivery.rollup import COUNT_KEY, LINGER_S, Formation, Rollups
 from agent.records import Envelope
 from agent.testing.fake_paigo import FakePaigo
-from tests.conftest import AgentFactory, delivering, eventually, record
+from tests.conftest import AgentFactory, agent_config, delivering, eventually, record
 
 AGGREGATIONS = {"bytes": "sum", "peak": "max", "low": "min", "seats": "last", "calls": "count"}
 AGGREGATIONS["avg"] = "average"
@@ -232,6 +233,49 @@ async def test_an_agent_sends_one_record_per_group_with_exact_sums_and_counts_un
         deliveries = tmp_path / "spool" / "delivered.jsonl"
         await eventually(lambda: len(members(deliveries)) == 770, what="the deliveries file")
         assert len(set(members(deliveries))) == 770  # each record in one rollup
+    finally:
+        await paigo.stop()
+
+
+async def test_only_rollups_whose_send_began_are_checked_after_a_restart(
+    start_agent: AgentFactory, tmp_path: Path
+):
+    """A rollup's formation is written just before its first send: a rollup formed but
+    never sent leaves no mark, so after a restart its records form it again and it is sent
+    without a read; only the rollups whose send began come back possibly sent, and each is
+    checked at Paigo before it is sent again."""
+    paigo = FakePaigo(dimensions=CATALOG)
+    await paigo.start()
+    try:
+        paigo.fail_next(10**6, 429, retry_after="600")  # the first answers pause every send
+        sections = {**delivering(paigo), "rollup": {"dimensions": ["bytes"], "window_s": 5}}
+        agent = await start_agent(**sections)
+        posted = [
+            record(n, dimensionId="bytes", recordValue="1.5", timestamp=stamp(n))
+            for n in range(140)
+        ]
+        assert (await agent.post(posted))[0] == 202
+        groups = 14  # 7 customers x 2 windows, 10 records each
+
+        def formed_all() -> bool:
+            sender = agent.service.sender
+            rollup = sender.status().rollup if sender is not None else None
+            return rollup is not None and rollup.formed == groups
+
+        await eventually(formed_all, what="every rollup formed")
+        await asyncio.sleep(0.3)
+        await agent.close()
+        began = sum(paigo.usage_requests.values())  # each answered 429, then the pause
+        assert 0 < began < groups and paigo.reads == []
+
+        paigo.fail_next(0)
+        await start_agent(agent_config(tmp_path, **sections))
+        await eventually(lambda: len(paigo.stored()) == groups, what="every rollup delivered")
+        await asyncio.sleep(0.3)
+        assert len(paigo.reads) == began  # the unsent ones went without a check
+        held = paigo.stored()
+        assert len(held) == groups
+        assert all(r["metadata"][COUNT_KEY] == 10 and r["recordValue"] == "15.0" for r in held)
     finally:
         await paigo.stop()
 
