@@ -22,8 +22,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -35,11 +33,13 @@ from tenacity.wait import wait_base
 from agent.config import RetryConfig
 from agent.delivery.pace import Pace
 from agent.delivery.policy import Decision, Health
+from agent.delivery.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
 SHARED_FROM: Final = 2  # failures in a row from which every sender waits
 LOG_EVERY_S: Final = 60.0
+RECHECK_S: Final = 1.0  # a sender waiting for a place looks again at least this often
 
 
 def backoff_strategy(retry: RetryConfig) -> wait_base:
@@ -69,7 +69,7 @@ class Gate:
         self._strategy = backoff_strategy(retry)
         self._attempt = RetryCallState(AsyncRetrying(), None, (), {})
         self._round = 0  # grows with each counted failure; a send carries the round it began in
-        self._changed = asyncio.Condition()
+        self._turns = Wakeup()  # senders waiting for a place or for a pause to end
         self._waiting = 0
         self._logged_at = -LOG_EVERY_S
         self._failing_since: float | None = None  # when the circuit opened or degraded began
@@ -113,35 +113,29 @@ class Gate:
         return self._round
 
     async def _wait_turn(self) -> None:
-        async with self._changed:
-            while True:
-                wait = self.paused_until - self._clock()
-                if wait > 0:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(wait):
-                            await self._changed.wait()
-                    continue
-                if self.in_flight < self.capacity:
-                    self.in_flight += 1
-                    self.pace.sent(self.in_flight)
-                    return
-                await self._changed.wait()
+        while True:
+            wait = self.paused_until - self._clock()
+            if wait > 0:
+                await self._turns.wait(wait)
+                continue
+            if self.in_flight < self.capacity:
+                self.in_flight += 1
+                self.pace.sent(self.in_flight)
+                return
+            await self._turns.wait(RECHECK_S)  # (the pace may also grow without a release)
 
-    async def release(self) -> None:
+    def release(self) -> None:
         """A send ended: wake as many waiting senders as there are places now (not every
         waiter: with hundreds of senders and a pace below them, waking all on each release
         cost more CPU than the sends)."""
         self.in_flight -= 1
         free = self.capacity - self.in_flight
         if self._waiting and free > 0:
-            async with self._changed:
-                self._changed.notify(free)
+            self._turns.notify(free)
 
-    async def wake_all(self) -> None:
+    def wake_all(self) -> None:
         """Let every waiting sender look again (at stop)."""
-        if self._waiting:
-            async with self._changed:
-                self._changed.notify_all()
+        self._turns.notify_all()
 
     def record(self, decision: Decision, ticket: int) -> None:
         """Take what one answer says about the upstream as a whole."""

@@ -126,7 +126,7 @@ class Sender:
         self._stopping = True
         self._intake.stop()
         self._work.notify_all()
-        await self.gate.wake_all()
+        self.gate.wake_all()
         deadline = self._clock() + grace_s
         while self.gate.in_flight and self._clock() < deadline:
             await asyncio.sleep(0.01)
@@ -225,7 +225,7 @@ class Sender:
                 return
             await self._send(batch, token, ticket, token_refreshed=False)
         finally:
-            await self.gate.release()
+            self.gate.release()
 
     async def _mark(self, items: list[Item]) -> None:
         """Note in the ledger, durably and before their first send, what may reach the

@@ -1,4 +1,5 @@
-"""Waking idle senders: as many as there is new work for, not all of them.
+"""Waking idle senders: as many as there is new work for (or, in the gate, places for
+sends), not all of them.
 
 Up to `upstream.concurrency` (256) sender tasks wait for records. An `asyncio.Event` set
 for each record admitted or sent wakes every idle one, and each goes back to sleep but

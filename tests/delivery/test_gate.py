@@ -30,7 +30,7 @@ async def test_the_pace_grows_while_it_binds_and_halves_on_overload():
         while gate.in_flight < int(gate.limit):
             await gate.acquire()
         gate.succeeded()
-        await gate.release()
+        gate.release()
     assert gate.limit == 64
     gate.failed(gate.ticket, overload=True)
     assert gate.limit == 32
@@ -155,5 +155,5 @@ async def test_capacity_bounds_sends_in_flight():
     blocked = asyncio.ensure_future(gate.acquire())
     await asyncio.sleep(0.02)
     assert not blocked.done()
-    await gate.release()
+    gate.release()
     await asyncio.wait_for(blocked, 1)
