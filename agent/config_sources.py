@@ -10,7 +10,7 @@ Precedence, lowest first: the defaults, the TOML file, the environment, the comm
   `USAGE_AGENT_...` variable that names no key is reported by `check-config`, not refused:
   Kubernetes injects `USAGE_AGENT_SERVICE_HOST` and the like for a Service of that name.
 * The command line: `--set section.key=value`, and the flags `run` maps onto keys.
-* Credentials from the environment and `$CREDENTIALS_DIRECTORY` (config.resolve_secrets),
+* Credentials from the environment and `$CREDENTIALS_DIRECTORY` (`agent.credentials`),
   whichever file is used, or none.
 """
 
@@ -28,7 +28,7 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
     import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
 
-from agent import config
+from agent import config, credentials
 from agent.config import Config, ConfigError
 
 ENV_PREFIX: Final = "USAGE_AGENT_"
@@ -96,7 +96,7 @@ def load(
         if exc.key in origins and not origins[exc.key].startswith("file"):
             raise ConfigError(origins[exc.key], exc.key, exc.reason) from None
         raise
-    resolved, secret_origins = config.secrets_with_origins(built, environ)
+    resolved, secret_origins = credentials.secrets_with_origins(built, environ)
     return Loaded(resolved, {**secret_origins, **origins}, tuple(ignored))
 
 

@@ -14,7 +14,8 @@ import aiohttp
 import orjson
 import pytest
 
-from agent.config import DEFAULT_ID_KEY, Config, SpoolConfig, from_mapping, resolve_secrets
+from agent.config import DEFAULT_ID_KEY, Config, SpoolConfig, from_mapping
+from agent.credentials import resolve_secrets
 from agent.records import decode_envelope
 from agent.service import Service
 from agent.spool import Spool
