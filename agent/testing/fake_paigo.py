@@ -49,7 +49,7 @@ import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
@@ -58,9 +58,9 @@ from aiohttp import web
 from agent.testing.paigo_rules import (
     epoch_ms,
     instant,
-    is_rfc3339,
     iso_ms,
     js_number,
+    read_window,
     strip_unknown,
     usage_problems,
 )
@@ -383,7 +383,7 @@ class FakePaigo:
             self.faults.reads_fail_next -= 1
             return _json(self.faults.reads_fail_status, {"message": "injected failure"})
         now = datetime.now(UTC)
-        window = _read_window(query, now)
+        window = read_window(query, now)
         if isinstance(window, str):
             self.refused_reads.append(window)
             return _bad_request([window])
@@ -481,30 +481,6 @@ class FakePaigo:
                 "lost_after_201": len(self.lost_after_201),
             },
         )
-
-
-def _read_window(query: Any, now: datetime) -> tuple[datetime, datetime] | str:
-    """[start, end) of a usage read, or why Paigo refuses the query."""
-    if query.get("aggregationInterval") != "none":
-        return "the stand-in serves only aggregationInterval=none"
-    if query.get("aggregationPurpose", "billing") not in ("billing", "metering"):
-        return "aggregationPurpose must be billing or metering"
-    start = _query_instant(query, "startTime", now - timedelta(days=1))
-    end = _query_instant(query, "endTime", now)
-    if start is None or end is None:
-        return "startTime and endTime must be RFC 3339 dates"
-    if end > now:
-        return "end time must be before the current time"
-    if start >= end:
-        return "start time must be before end time"
-    return start, end
-
-
-def _query_instant(query: Any, name: str, default: datetime) -> datetime | None:
-    value = query.get(name)
-    if value is None:
-        return default
-    return instant(value) if is_rfc3339(value) else None
 
 
 def _drop(request: web.Request) -> web.StreamResponse:

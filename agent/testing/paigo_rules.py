@@ -8,13 +8,16 @@ validator, so that a test where both agree says something.
 * `js_number`: a stored 64-bit float as JavaScript prints it, which is how a read gives
   `recordValue` back (`"1.50"` is read as `"1.5"`).
 * `iso_ms`: an instant as JavaScript's `toISOString` prints it, how reads give timestamps.
+* `read_window`: the [start, end) of a raw usage read (`aggregationInterval=none`), or why
+  Paigo refuses the query (an `endTime` in the future, a start not before the end).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
@@ -96,3 +99,27 @@ def js_number(value: float) -> str:
     mantissa, exponent = text.split("e")
     sign = "-" if exponent.startswith("-") else "+"
     return f"{mantissa.removesuffix('.0')}e{sign}{exponent.lstrip('+-').lstrip('0')}"
+
+
+def read_window(query: Mapping[str, str], now: datetime) -> tuple[datetime, datetime] | str:
+    """[start, end) of a usage read, or why Paigo refuses the query."""
+    if query.get("aggregationInterval") != "none":
+        return "the stand-in serves only aggregationInterval=none"
+    if query.get("aggregationPurpose", "billing") not in ("billing", "metering"):
+        return "aggregationPurpose must be billing or metering"
+    start = _query_instant(query, "startTime", now - timedelta(days=1))
+    end = _query_instant(query, "endTime", now)
+    if start is None or end is None:
+        return "startTime and endTime must be RFC 3339 dates"
+    if end > now:
+        return "end time must be before the current time"
+    if start >= end:
+        return "start time must be before end time"
+    return start, end
+
+
+def _query_instant(query: Mapping[str, str], name: str, default: datetime) -> datetime | None:
+    value = query.get(name)
+    if value is None:
+        return default
+    return instant(value) if is_rfc3339(value) else None
