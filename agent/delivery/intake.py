@@ -95,7 +95,8 @@ class Intake:
     async def run(self) -> None:
         while not self._stopping:
             now = self._clock()
-            self._lanes.release_held(now)
+            if released := self._lanes.release_held(now):
+                self._work.notify(released)  # (idle senders wait for a notify)
             if self._rollups is not None:
                 self._form(self._rollups, now)
             apart = min(self._window, self._lanes.held_apart(now))

@@ -131,15 +131,18 @@ class Lanes(Generic[T]):
             self._held[lane.key] = lane
         self._offer(lane, now)
 
-    def release_held(self, now: float) -> None:
+    def release_held(self, now: float) -> int:
         """Offer again the lanes whose holding time is over (only held lanes are looked
-        at: there may be a lane per customer)."""
+        at: there may be a lane per customer); the items they offer."""
+        released = 0
         for key, lane in list(self._held.items()):
             if lane.held_until <= now:
                 lane.held_until = 0.0
                 lane.parked = lane.apart = False
                 del self._held[key]
                 self._offer(lane, now)
+                released += len(lane.items)
+        return released
 
     def parked(self, now: float) -> list[LaneKey]:
         return [k for k, lane in self._held.items() if lane.parked and lane.held_until > now]

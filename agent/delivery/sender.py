@@ -31,7 +31,7 @@ from agent.config import RetryConfig, UpstreamConfig
 from agent.delivery.auth import TokenError, Tokens
 from agent.delivery.exits import Exits, Reason
 from agent.delivery.gate import Gate
-from agent.delivery.intake import IDLE_POLL_S, Intake, SpoolOut
+from agent.delivery.intake import Intake, SpoolOut
 from agent.delivery.item import Item
 from agent.delivery.lanes import Lane, Lanes
 from agent.delivery.ledger import Ledger
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 WRONG_URL_PAIRS: Final = 3  # distinct pairs answered 404 in a row: the URL is wrong
 
 CANCEL_DEADLINE_S: Final = 2.0  # cancelled tasks that do not end by then are reported
+IDLE_WAIT_S: Final = 5.0  # an idle sender looks again (work is announced: this is a backstop)
 
 Taken = list[tuple[Lane[Item], Item]]
 
@@ -155,7 +156,7 @@ class Sender:
         while not self._stopping:
             taken = self._take()
             if not taken:
-                await self._work.wait(IDLE_POLL_S * 4)
+                await self._work.wait(IDLE_WAIT_S)
                 continue
             batch = await self._linger(taken)
             for _, item in batch:

@@ -4,8 +4,9 @@ sends), not all of them.
 Up to `upstream.concurrency` (256) sender tasks wait for records. An `asyncio.Event` set
 for each record admitted or sent wakes every idle one, and each goes back to sleep but
 one: at 256 senders that cost more CPU than the sends. `Wakeup.notify(n)` wakes at most
-n, the longest idle first; a waiter also wakes after its timeout (records put back with a
-delay become ready without a notify).
+n, the longest idle first. Work is announced: records admitted by the intake, records put
+back, a held lane whose time is over (`Lanes.release_held`); a waiter's timeout is only a
+backstop, so idle senders cost next to nothing.
 """
 
 from __future__ import annotations

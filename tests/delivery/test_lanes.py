@@ -45,7 +45,8 @@ def test_a_parked_lane_waits_while_others_flow_and_comes_back():
     other = lanes.take(1)
     assert other is not None and other[1] != item
     assert lanes.take(1) is None
-    lanes.release_held(61)
+    assert lanes.release_held(59) == 0  # still held
+    assert lanes.release_held(61) == 1  # the items offered again: the senders to wake
     assert lanes.take(61)[1] == item  # type: ignore[index]
 
 

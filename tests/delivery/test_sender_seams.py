@@ -4,6 +4,7 @@ spool: exact, fast specifications of what it does with each answer, and of stopp
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from agent.delivery import deadletter
 from agent.delivery.deadletter import DeadLetterFile
 from agent.delivery.exits import Exits
 from agent.delivery.ledger import Ledger, read_deliveries
-from agent.delivery.sender import Sender
+from agent.delivery.sender import IDLE_WAIT_S, Sender
 from agent.delivery.uplink import LookupFailed, Reply
 from agent.records import encode_envelopes
 from agent.spool import Spool
@@ -211,6 +212,18 @@ async def test_a_resend_is_byte_identical_to_the_first_send_stamp_included(
     [sent] = built.upstream.posts[0].records
     stamp = f"{built.spool.spool_id}-1"  # the spool's id and the record's sequence number
     assert sent["metadata"] == {"b": 1, "a": {"z": [1, 2]}, "usageAgentRecordId": stamp}
+
+
+async def test_a_record_goes_again_as_soon_as_its_backoff_is_over(rig: Callable[..., Any]):
+    """Idle senders wait for work to be announced rather than polling (`IDLE_WAIT_S` is a
+    backstop): the end of a record's backoff is announced, so the resend follows it."""
+    answers = iter([Reply(503), Reply(503)])
+    built: Rig = await rig(lambda records, token: next(answers, Reply(201)))
+    await built.post([record(1)])
+    await eventually(lambda: built.spool.backlog == 0, what="delivery")
+    starts = [post.started for post in built.upstream.posts]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert len(starts) == 3 and max(gaps) < IDLE_WAIT_S / 5  # FAST backs off 0.05 s at most
 
 
 async def test_a_401_from_the_read_api_refreshes_the_token(rig: Callable[..., Any]):

@@ -1,0 +1,95 @@
+"""Benchmark of an idle agent: the CPU it takes while there is nothing to send.
+
+Run: .venv/bin/python bench/idle.py [--seconds S]
+
+A sidecar runs in every pod, mostly idle, so what it costs doing nothing is paid many
+times over. In one run, three agents in turn, each with one record delivered and then
+left alone for `--seconds`: delivery off (`upstream.enabled = false`: the floor, measured
+in the same run), delivery on with the default `upstream.concurrency` (256 senders) to a
+healthy stand-in, and delivery on to an upstream that refuses connections (the circuit
+open, probing). Printed: the agent's CPU (user + system, from /proc) as a share of one
+core, and its ratio to the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from drain import cpu_seconds, stand_in  # bench/drain.py
+from ingest import free_port, wait_port  # bench/ingest.py
+
+RECORD = {
+    "timestamp": "2026-11-25T10:00:00Z",
+    "customerId": "customer-1",
+    "dimensionId": "api-calls",
+    "recordValue": "1",
+}
+SETTLE_S = 3.0  # after start and the one record: the token fetched, the record delivered
+
+
+def idle_share(root: Path, name: str, upstream: str, seconds: float) -> float:
+    """The agent's CPU over `seconds` of doing nothing, as a share of one core."""
+    port = free_port()
+    config = root / f"{name}.toml"
+    config.write_text(
+        f'[spool]\ndir = "{root / name}"\nmin_free_bytes = 0\n'
+        f'[ingest]\nlisten = "127.0.0.1:{port}"\nunix_socket = ""\n'
+        f'{upstream}\n[log]\nlevel = "ERROR"\n'
+    )
+    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)])
+    try:
+        wait_port(port)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/usage",
+            data=json.dumps(RECORD).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 202
+        time.sleep(SETTLE_S)
+        before = cpu_seconds(agent.pid)
+        time.sleep(seconds)
+        return (cpu_seconds(agent.pid) - before) / seconds
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--dir", default=None)
+    args = parser.parse_args()
+    with stand_in("bench-idle-", args.dir) as (root, fake_url):
+        paigo = (
+            f'[upstream]\nurl = "{fake_url}/usage"\ntoken_url = "{fake_url}/oauth/token"\n'
+            'client_id = "test-client"\nclient_secret = "test-secret"\ndimensions = "off"'
+        )
+        down_port = free_port()  # nothing listens there
+        down = paigo.replace(fake_url, f"http://127.0.0.1:{down_port}")
+        cases = [
+            ("delivery off", "[upstream]\nenabled = false"),
+            ("delivery on, healthy upstream", paigo),
+            ("delivery on, upstream down", down),
+        ]
+        shares = [
+            (name, idle_share(root, f"agent-{n}", up, args.seconds))
+            for n, (name, up) in enumerate(cases)
+        ]
+    floor = shares[0][1]
+    print(f"idle agent, {args.seconds:.0f} s each, default upstream.concurrency (256 senders)")
+    print(f"{'':>32} {'CPU, % of a core':>18} {'to delivery off':>16}")
+    for name, share in shares:
+        ratio = share / floor if floor else float("inf")
+        print(f"{name:>32} {share * 100:>17.2f}% {ratio:>16.1f}")
+
+
+if __name__ == "__main__":
+    main()
