@@ -28,7 +28,7 @@ class Item:
     failures: int = 0  # sends in a row that did not settle it: its own backoff grows
     held: bool = False  # a worker has it (between take and leave or put-back)
     unknown_since: float | None = None  # effectively-once: its last outcome is unknown
-    marked: bool = False  # effectively-once: noted in the ledger as possibly sent
+    marked: bool = False  # in the ledger as possibly sent (its mark, or a rollup's formation)
     rollup: Formation | None = None  # a rollup: the records it holds (`agent.delivery.rollup`)
 
     @property

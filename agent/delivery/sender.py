@@ -231,8 +231,9 @@ class Sender:
     async def _mark(self, items: list[Item]) -> None:
         """Note in the ledger, durably and before their first send, what may reach the
         upstream: each rollup's formation (in either delivery mode: its membership, so that
-        a crash brings back the same rollup) and, effectively-once, each record. What is
-        never sent is never marked: after a stop it comes back as new, not possibly sent."""
+        a crash brings back the same rollup) and, effectively-once, each record. Marks are
+        written only for a send about to begin: what was never sent comes back after a
+        stop as new, not as possibly sent."""
         new = [item for item in items if not item.marked]
         formations = [item.rollup for item in new if item.rollup is not None]
         seqs = [item.seq for item in new if item.rollup is None] if self._resolver else []
