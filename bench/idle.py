@@ -14,23 +14,15 @@ core, and its ratio to the floor.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from drain import cpu_seconds, stand_in  # bench/drain.py
-from ingest import free_port, wait_port  # bench/ingest.py
+from drain import call, cpu_seconds, stand_in  # bench/drain.py
+from ingest import RECORD, free_port, wait_port  # bench/ingest.py
 
-RECORD = {
-    "timestamp": "2026-11-25T10:00:00Z",
-    "customerId": "customer-1",
-    "dimensionId": "api-calls",
-    "recordValue": "1",
-}
 SETTLE_S = 3.0  # after start and the one record: the token fetched, the record delivered
 
 
@@ -46,13 +38,7 @@ def idle_share(root: Path, name: str, upstream: str, seconds: float) -> float:
     agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)])
     try:
         wait_port(port)
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/usage",
-            data=json.dumps(RECORD).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            assert answer.status == 202
+        assert call(f"http://127.0.0.1:{port}/usage", RECORD)["accepted"] == 1
         time.sleep(SETTLE_S)
         before = cpu_seconds(agent.pid)
         time.sleep(seconds)
