@@ -234,6 +234,8 @@ class Sender:
         a crash brings back the same rollup) and, effectively-once, each record. Marks are
         written only for a send about to begin: what was never sent comes back after a
         stop as new, not as possibly sent."""
+        if self._resolver is None and self._rollups is None:
+            return  # at-least-once without rollups: nothing is marked
         new = [item for item in items if not item.marked]
         formations = [item.rollup for item in new if item.rollup is not None]
         seqs = [item.seq for item in new if item.rollup is None] if self._resolver else []

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from agent.config import RollupConfig
+from agent.delivery.ledger import read_deliveries
 from agent.delivery.rollup import COUNT_KEY, LINGER_S, Formation, Rollups
 from agent.records import Envelope
 from agent.testing.fake_paigo import FakePaigo
@@ -230,9 +231,9 @@ async def test_an_agent_sends_one_record_per_group_with_exact_sums_and_counts_un
         assert sums(held, "bytes") == sums(posted, "bytes")
         status = (await agent.get("/status"))[1]["delivery"]
         assert status["rollup"]["records_rolled_up"] == 770 and status["delivered"] == 820
-        deliveries = tmp_path / "spool" / "delivered.jsonl"
-        await eventually(lambda: len(members(deliveries)) == 770, what="the deliveries file")
-        assert len(set(members(deliveries))) == 770  # each record in one rollup
+        spool_dir = tmp_path / "spool"
+        await eventually(lambda: len(members(spool_dir)) == 770, what="the deliveries file")
+        assert len(set(members(spool_dir))) == 770  # each record in one rollup
     finally:
         await paigo.stop()
 
@@ -295,7 +296,8 @@ def sums(records: list[dict[str, Any]], dimension: str) -> dict[tuple[str, str],
     return out
 
 
-def members(deliveries: Path) -> list[str]:
-    """The ids of the records the rollups in the deliveries file hold."""
-    lines = [orjson.loads(line) for line in deliveries.read_bytes().splitlines()]
-    return [rid for line in lines for rid in line.get("m", ())]
+def members(spool_dir: Path) -> list[str]:
+    """The ids of the records the rollups in the deliveries file hold (read as `reconcile`
+    reads it: the agent may be appending a line at that moment)."""
+    lines = read_deliveries(spool_dir).lines
+    return [str(rid) for line in lines for rid in line.get("m", ())]
