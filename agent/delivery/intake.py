@@ -35,6 +35,7 @@ from agent.spool.reader import Entry
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S: Final = 0.05
+MAX_WAIT_S: Final = 1.0  # waiting for room, the intake looks again at least this often
 READ_BATCH: Final = 1000  # records per spool read: about a millisecond of the event loop
 
 
@@ -106,11 +107,11 @@ class Intake:
                 continue
             if room <= 0 or (self._rollups is not None and self._rollups.full):
                 self.room.clear()
-                await wait_for(self.room, min(1.0, self._next_rollup_s()))
+                await wait_for(self.room, self._quiet_s(now))
                 continue
             entries = await self._spool.read(min(room, READ_BATCH))
             if not entries:
-                await self._spool.wait_for_data(IDLE_POLL_S)
+                await self._spool.wait_for_data(IDLE_POLL_S)  # (a new hold wakes nothing)
                 continue
             await asyncio.sleep(0)  # reads do not suspend: let ingest and sends run between
             ordered = self._configured_order | self._catalog_order()
@@ -180,8 +181,12 @@ class Intake:
             self._possibly_sent(item, now)
         self._lanes.add(key, item, now)
 
-    def _next_rollup_s(self) -> float:
-        return self._rollups.next_due_s() if self._rollups is not None else 1.0
+    def _quiet_s(self, now: float) -> float:
+        """How long the intake may wait for room (every sender sets it when it puts records
+        back): until the next group closes or a held lane's time is over, whose records are
+        then offered at once; at most `MAX_WAIT_S`."""
+        rollup_s = self._rollups.next_due_s() if self._rollups is not None else MAX_WAIT_S
+        return max(0.0, min(MAX_WAIT_S, rollup_s, self._lanes.next_release_s(now)))
 
 
 def rolled_up(

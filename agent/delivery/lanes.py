@@ -15,6 +15,7 @@ Pure bookkeeping: no I/O, no clock of its own (times are passed in).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -143,6 +144,10 @@ class Lanes(Generic[T]):
                 self._offer(lane, now)
                 released += len(lane.items)
         return released
+
+    def next_release_s(self, now: float) -> float:
+        """Seconds until the first held lane's time is over (inf when no lane is held)."""
+        return min((lane.held_until for lane in self._held.values()), default=math.inf) - now
 
     def parked(self, now: float) -> list[LaneKey]:
         return [k for k, lane in self._held.items() if lane.parked and lane.held_until > now]

@@ -19,6 +19,7 @@ from agent.config import RetryConfig, SpoolConfig, UpstreamConfig
 from agent.delivery import deadletter
 from agent.delivery.deadletter import DeadLetterFile
 from agent.delivery.exits import Exits
+from agent.delivery.intake import MAX_WAIT_S
 from agent.delivery.ledger import Ledger, read_deliveries
 from agent.delivery.sender import IDLE_WAIT_S, Sender
 from agent.delivery.uplink import LookupFailed, Reply
@@ -224,6 +225,21 @@ async def test_a_record_goes_again_as_soon_as_its_backoff_is_over(rig: Callable[
     starts = [post.started for post in built.upstream.posts]
     gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
     assert len(starts) == 3 and max(gaps) < IDLE_WAIT_S / 5  # FAST backs off 0.05 s at most
+
+
+async def test_with_the_window_full_a_lane_goes_again_as_soon_as_its_backoff_is_over(
+    rig: Callable[..., Any],
+):
+    """All the intake holds is one lane, held for a backoff, and no sender has work: the
+    intake, which alone offers the lane again, waits for room no longer than that hold."""
+    answers = iter([Reply(503)])
+    built: Rig = await rig(
+        lambda records, token: next(answers, Reply(201)), concurrency=1, delivery="at-least-once"
+    )
+    await built.post([record(n, customerId="one") for n in range(1500)])  # window: 1,000
+    await eventually(lambda: len(built.upstream.posts) >= 2, what="the resend")
+    first, second = built.upstream.posts[:2]
+    assert second.started - first.started < MAX_WAIT_S / 4  # FAST backs off 0.05 s at most
 
 
 async def test_a_401_from_the_read_api_refreshes_the_token(rig: Callable[..., Any]):
