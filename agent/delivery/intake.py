@@ -35,7 +35,7 @@ from agent.spool.reader import Entry
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S: Final = 0.05
-MAX_WAIT_S: Final = 1.0  # waiting for room, the intake looks again at least this often
+MAX_WAIT_S: Final = 1.0  # the intake looks again at least this often
 READ_BATCH: Final = 1000  # records per spool read: about a millisecond of the event loop
 
 
@@ -111,7 +111,7 @@ class Intake:
                 continue
             entries = await self._spool.read(min(room, READ_BATCH))
             if not entries:
-                await self._spool.wait_for_data(IDLE_POLL_S)  # (a new hold wakes nothing)
+                await self._spool.wait_for_data(self._idle_s(now))
                 continue
             await asyncio.sleep(0)  # reads do not suspend: let ingest and sends run between
             ordered = self._configured_order | self._catalog_order()
@@ -180,6 +180,12 @@ class Intake:
         if self._resolver is not None:
             self._possibly_sent(item, now)
         self._lanes.add(key, item, now)
+
+    def _idle_s(self, now: float) -> float:
+        """How long the intake may wait for data. A sender that holds a lane for a backoff
+        does not wake it, so while the lanes hold records it looks every `IDLE_POLL_S`;
+        with none (idle: no send can make a new hold), only when `_quiet_s` says."""
+        return min(IDLE_POLL_S, self._quiet_s(now)) if self._lanes.buffered else self._quiet_s(now)
 
     def _quiet_s(self, now: float) -> float:
         """How long the intake may wait for room (every sender sets it when it puts records
