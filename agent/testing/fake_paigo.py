@@ -47,7 +47,7 @@ import asyncio
 import random
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -167,6 +167,8 @@ class FakePaigo:
         self.lost_after_201: list[Received] = []  # the writes a loss fault dropped
         self.refused_reads: list[str] = []  # why each read answered 400 was refused
         self.usage_requests: Counter[int] = Counter()  # per second (Unix time, floored)
+        self.arrivals: deque[float] = deque(maxlen=10_000)  # monotonic time of the latest
+        self.failed_at: list[float] = []  # monotonic time of each injected failure (fail_next)
         self.statuses: Counter[int] = Counter()
         self._random = random.Random(seed)
         self._runner: web.AppRunner | None = None
@@ -279,6 +281,7 @@ class FakePaigo:
 
     async def _usage(self, request: web.Request) -> web.StreamResponse:
         self.usage_requests[int(time.time())] += 1
+        self.arrivals.append(time.monotonic())
         response = await self._answer_usage(request)
         self.statuses[response.status] += 1
         return response
@@ -294,6 +297,7 @@ class FakePaigo:
             return refused
         if faults.fail_next > 0:
             faults.fail_next -= 1
+            self.failed_at.append(time.monotonic())
             headers = {"Retry-After": faults.retry_after} if faults.retry_after else None
             return _json(faults.fail_status, {"message": "injected failure"}, headers)
         try:
@@ -465,6 +469,8 @@ class FakePaigo:
         self._points.clear()
         self._extra_points.clear()
         self.usage_requests.clear()
+        self.arrivals.clear()
+        self.failed_at.clear()
         self.statuses.clear()
         return _json(200, {"ok": True})
 
