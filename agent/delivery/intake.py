@@ -96,8 +96,6 @@ class Intake:
     async def run(self) -> None:
         while not self._stopping:
             now = self._clock()
-            if released := self._lanes.release_held(now):
-                self._work.notify(released)  # (idle senders wait for a notify)
             if self._rollups is not None:
                 self._form(self._rollups, now)
             apart = min(self._window, self._lanes.held_apart(now))
@@ -107,24 +105,29 @@ class Intake:
                 continue
             if room <= 0 or (self._rollups is not None and self._rollups.full):
                 self.room.clear()
-                await wait_for(self.room, self._quiet_s(now))
+                await wait_for(self.room, self._quiet_s())
                 continue
             entries = await self._spool.read(min(room, READ_BATCH))
             if not entries:
-                await self._spool.wait_for_data(self._idle_s(now))
+                await self._spool.wait_for_data(self._quiet_s())
                 continue
             await asyncio.sleep(0)  # reads do not suspend: let ingest and sends run between
             ordered = self._configured_order | self._catalog_order()
             before = self._lanes.buffered
-            for entry in entries:
-                await self._admit(entry, now, ordered)
+            admit = self._admit  # (a plain call per record: no coroutine for each)
+            errors = [(entry, admit(entry, now, ordered)) for entry in entries]
             self._work.notify(self._lanes.buffered - before)
+            for entry, error in errors:
+                if error is not None:  # a dead letter; if it cannot be written, read again
+                    await self._exits.unreadable(entry.seq, entry.payload, error)  # at restart
 
-    async def _admit(self, entry: Entry, now: float, ordered: frozenset[str]) -> None:
+    def _admit(self, entry: Entry, now: float, ordered: frozenset[str]) -> Exception | None:
+        """The entry into a lane, a group or (a rollup's member from before a restart) its
+        rollup; the error when it is not a record we can send."""
         seq = entry.seq
         if self._formed and (formation := self._formed.pop(seq, None)) is not None:
             self._bring_back(formation, now, ordered)
-            return
+            return None
         try:
             envelope = decode_envelope(entry.payload)
             record = envelope.record()
@@ -135,7 +138,7 @@ class Intake:
                 if aggregation is not None and rolled_up(
                     rollups, seq, envelope, record, aggregation
                 ):
-                    return
+                    return None
             key, item = item_of(
                 seq,
                 envelope,
@@ -145,11 +148,11 @@ class Intake:
                 ordered_dims=ordered,
             )
         except (ValueError, KeyError, TypeError) as exc:  # not a record we can send
-            await self._exits.unreadable(seq, entry.payload, exc)  # else: kept, read again
-            return  # after a restart
+            return exc
         if unknown:
             self._possibly_sent(item, now)
         self._lanes.add(key, item, now)
+        return None
 
     def _possibly_sent(self, item: Item, now: float) -> None:
         item.unknown_since, item.marked = now, True
@@ -181,18 +184,12 @@ class Intake:
             self._possibly_sent(item, now)
         self._lanes.add(key, item, now)
 
-    def _idle_s(self, now: float) -> float:
-        """How long the intake may wait for data. A sender that holds a lane for a backoff
-        does not wake it, so while the lanes hold records it looks every `IDLE_POLL_S`;
-        with none (idle: no send can make a new hold), only when `_quiet_s` says."""
-        return min(IDLE_POLL_S, self._quiet_s(now)) if self._lanes.buffered else self._quiet_s(now)
-
-    def _quiet_s(self, now: float) -> float:
-        """How long the intake may wait for room (every sender sets it when it puts records
-        back): until the next group closes or a held lane's time is over, whose records are
-        then offered at once; at most `MAX_WAIT_S`."""
+    def _quiet_s(self) -> float:
+        """How long the intake may wait for data, or for room (every sender sets it when
+        records leave or go back, and when held lanes are released): until the next group
+        closes, and at most `MAX_WAIT_S`."""
         rollup_s = self._rollups.next_due_s() if self._rollups is not None else MAX_WAIT_S
-        return max(0.0, min(MAX_WAIT_S, rollup_s, self._lanes.next_release_s(now)))
+        return max(0.0, min(MAX_WAIT_S, rollup_s))
 
 
 def rolled_up(

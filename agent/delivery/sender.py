@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Final
@@ -104,6 +105,8 @@ class Sender:
         self._stopping = False
         self._not_found_pairs: set[tuple[str, str]] = set()
         self._last: LastResult | None = None
+        self._release: asyncio.TimerHandle | None = None  # the next release of held lanes
+        self._release_due = 0.0
         self._mark_failed = Throttled(log, "could not mark records in the ledger before sending")
         self.on_reply: Callable[[Reply, float], None] = lambda reply, seconds: None
 
@@ -126,6 +129,8 @@ class Sender:
         every task is cancelled and awaited. What is not acknowledged stays in the spool."""
         self._stopping = True
         self._intake.stop()
+        if self._release is not None:
+            self._release.cancel()
         self._work.notify_all()
         self.gate.wake_all()
         deadline = self._clock() + grace_s
@@ -408,8 +413,29 @@ class Sender:
         for lane, item in reversed(batch):
             item.held = False
             self._lanes.put_back(lane, item, now, until=until, parked=parked, apart=apart)
-        if until <= now and not parked:
+        if until > now:
+            self._release_at(until)
+        else:
             self._work.notify(len(batch))
+
+    def _release_at(self, when: float) -> None:
+        """Offer the held lanes again at `when` (one timer, for the first lane held to be
+        released): nothing polls for the end of a backoff, a park or a settling time."""
+        if self._release is not None and self._release_due <= when:
+            return
+        if self._release is not None:
+            self._release.cancel()
+        self._release_due = when
+        delay = max(0.0, when - self._clock())
+        self._release = asyncio.get_running_loop().call_later(delay, self._release_held)
+
+    def _release_held(self) -> None:
+        self._release = None
+        now = self._clock()
+        if released := self._lanes.release_held(now):
+            self._work.notify(released)
+        if (wait_s := self._lanes.next_release_s(now)) != math.inf:
+            self._release_at(now + wait_s)
 
     # --- state ----------------------------------------------------------------------------
 

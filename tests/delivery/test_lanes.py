@@ -45,7 +45,7 @@ def test_a_parked_lane_waits_while_others_flow_and_comes_back():
     other = lanes.take(1)
     assert other is not None and other[1] != item
     assert lanes.take(1) is None
-    assert lanes.next_release_s(1) == 59  # when the intake must look again
+    assert lanes.next_release_s(1) == 59  # when the sender releases it
     assert lanes.release_held(59) == 0  # still held
     assert lanes.release_held(61) == 1  # the items offered again: the senders to wake
     assert lanes.take(61)[1] == item  # type: ignore[index]
