@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,47 @@ async def test_a_full_disk_drains_by_itself_exactly_once_when_paigo_is_back(
     await eventually(lambda: not agent.service.spool.status().full, what="room again")
     assert (await agent.get("/readyz"))[0] == 200
     assert (await agent.post(record(7)))[0] == 202  # usage is taken again
+
+
+async def test_a_rollup_whose_formation_cannot_be_written_is_not_sent_until_it_can(
+    volume: Path, start_agent: AgentFactory, caplog: pytest.LogCaptureFixture
+):
+    """A rollup's formation (its membership) is written to the ledger before its first
+    send. When the disk is full at that moment the write fails: the rollup is not sent,
+    its records stay in the spool, and once there is room it is written and sent, once,
+    with the exact sum."""
+    paigo = FakePaigo(dimensions=[{"dimensionId": "bytes", "aggregationMethod": "sum"}])
+    await paigo.start()
+    try:
+        sections = {**delivering(paigo), "rollup": {"dimensions": ["bytes"], "window_s": 5}}
+        sections["spool"] = {"dir": str(volume / "spool")}
+        agent = await start_agent(**sections)
+        # a window ahead of the clock closes window_s + linger from now: 6 s to fill the disk
+        ahead = (datetime.now(UTC) + timedelta(seconds=60)).isoformat(timespec="milliseconds")
+        posted = [
+            record(n, dimensionId="bytes", recordValue="1.5", timestamp=ahead) for n in range(70)
+        ]
+        assert (await agent.post(posted))[0] == 202
+        ballast = fill_up(volume)
+        try:
+            await eventually(
+                lambda: "could not mark records in the ledger" in caplog.text,
+                timeout=20,
+                what="a formation refused by the full disk",
+            )
+            await asyncio.sleep(1.0)  # backoffs go by: still nothing is sent
+            assert sum(paigo.usage_requests.values()) == 0
+            assert agent.service.spool.backlog == 70
+        finally:
+            ballast.unlink()
+        await eventually(lambda: agent.service.spool.backlog == 0, timeout=30, what="delivered")
+        held = paigo.stored()
+        assert len(held) == 7  # one rollup per customer
+        assert all(
+            r["recordValue"] == "15.0" and r["metadata"]["usageAgentRecords"] == 10 for r in held
+        )
+    finally:
+        await paigo.stop()
 
 
 @pytest.fixture
