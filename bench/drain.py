@@ -17,20 +17,19 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ingest import RECORD, WRK_SCRIPT, free_port, wait_port, wrk  # bench/ingest.py
+from agent_process import call, free_port, running_agent, stand_in_upstream, wait_port
+from ingest import RECORD, WRK_SCRIPT, wrk  # bench/ingest.py
 
 from agent.config import SpoolConfig
 from agent.records import Envelope, encode_envelope
@@ -56,19 +55,6 @@ async def fill(directory: Path, count: int) -> None:
     await spool.close()
 
 
-def call(url: str, body: dict[str, object] | None = None) -> dict[str, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        answer: dict[str, Any] = json.loads(resp.read())
-        return answer
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def drain(root: Path, fake_url: str, case: Case, records: int) -> tuple[float, float]:
     """(records/s from readiness until the spool is empty, agent CPU s per 10k records)."""
     name = f"{case.mode}-{case.delivery}-{case.unknown_rate}"
@@ -77,38 +63,27 @@ def drain(root: Path, fake_url: str, case: Case, records: int) -> tuple[float, f
     call(f"{fake_url}/_fake/reset", {})
     half = case.unknown_rate / 2  # half stored then dropped, half stored then 504
     call(f"{fake_url}/_fake/faults", {"store_then_drop_rate": half, "store_then_504_rate": half})
-    config = root / f"{name}.toml"
-    agent_port = free_port()
-    config.write_text(
-        f'[spool]\ndir = "{spool_dir}"\nmin_free_bytes = 0\nmax_bytes = {64 * 1024**3}\n'
-        f'[ingest]\nlisten = "127.0.0.1:{agent_port}"\nunix_socket = ""\n'
-        f'[upstream]\nurl = "{fake_url}/usage"\ntoken_url = "{fake_url}/oauth/token"\n'
-        'client_id = "test-client"\nclient_secret = "test-secret"\n'
+    sections = stand_in_upstream(fake_url) + (
         f'mode = "{case.mode}"\ndelivery = "{case.delivery}"\nunknown_settle_s = {SETTLE_S}\n'
         'concurrency = 64\nbatch_max_records = 500\n[log]\nlevel = "WARNING"\n'
     )
     try:
-        elapsed, cpu = run_agent(config, agent_port, lambda s: not s["spool"]["backlog_records"])
+        elapsed, cpu = run_agent(root, name, sections, lambda s: not s["spool"]["backlog_records"])
     finally:
         call(f"{fake_url}/_fake/faults", {"store_then_drop_rate": 0, "store_then_504_rate": 0})
     return records / elapsed, cpu / records * 10_000
 
 
 def run_agent(
-    config: Path, port: int, done: Callable[[dict[str, Any]], bool]
+    root: Path, name: str, sections: str, done: Callable[[dict[str, Any]], bool]
 ) -> tuple[float, float]:
-    """Run the agent with `config` until its /status is `done`: (seconds from readiness,
-    the agent's CPU seconds). Process start-up is not counted."""
-    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)])
-    wait_port(port)
-    started = time.perf_counter()
-    try:
-        while not done(call(f"http://127.0.0.1:{port}/status")):
+    """Run an agent (`agent_process.running_agent`) until its /status is `done`: (seconds
+    from readiness, the agent's CPU seconds from readiness)."""
+    with running_agent(root, name, sections) as agent:
+        started = time.perf_counter()
+        while not done(agent.status()):
             time.sleep(0.05)
-        return time.perf_counter() - started, cpu_seconds(agent.pid)
-    finally:
-        agent.terminate()
-        agent.wait(timeout=30)
+        return time.perf_counter() - started, agent.cpu_s()
 
 
 @dataclass(frozen=True)
@@ -169,8 +144,8 @@ def main() -> None:
         for case in CASES:
             ceiling = single_ceiling if case.mode == "single" else array_ceiling
             rate, cpu = drain(root, fake_url, case, args.records)
-            cells = (case.mode, case.delivery, f"{case.unknown_rate:.0%}", f"{rate:,.0f}")
-            cells += (f"{cpu:.2f}", f"{ceiling:,.0f}", f"{rate / ceiling:.2f}")
+            cells = [case.mode, case.delivery, f"{case.unknown_rate:.0%}", f"{rate:,.0f}"]
+            cells += [f"{cpu:.2f}", f"{ceiling:,.0f}", f"{rate / ceiling:.2f}"]
             print(" ".join(f"{c:>16}" for c in cells))
 
 

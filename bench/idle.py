@@ -14,38 +14,26 @@ core, and its ratio to the floor.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from drain import call, cpu_seconds, stand_in  # bench/drain.py
-from ingest import RECORD, free_port, wait_port  # bench/ingest.py
+from agent_process import call, free_port, running_agent, stand_in_upstream
+from drain import stand_in  # bench/drain.py
+from ingest import RECORD  # bench/ingest.py
 
 SETTLE_S = 3.0  # after start and the one record: the token fetched, the record delivered
 
 
 def idle_share(root: Path, name: str, upstream: str, seconds: float) -> float:
     """The agent's CPU over `seconds` of doing nothing, as a share of one core."""
-    port = free_port()
-    config = root / f"{name}.toml"
-    config.write_text(
-        f'[spool]\ndir = "{root / name}"\nmin_free_bytes = 0\n'
-        f'[ingest]\nlisten = "127.0.0.1:{port}"\nunix_socket = ""\n'
-        f'{upstream}\n[log]\nlevel = "ERROR"\n'
-    )
-    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)])
-    try:
-        wait_port(port)
-        assert call(f"http://127.0.0.1:{port}/usage", RECORD)["accepted"] == 1
+    with running_agent(root, name, f'{upstream}[log]\nlevel = "ERROR"\n') as agent:
+        assert call(f"{agent.url}/usage", RECORD)["accepted"] == 1
         time.sleep(SETTLE_S)
-        before = cpu_seconds(agent.pid)
+        before = agent.cpu_s()
         time.sleep(seconds)
-        return (cpu_seconds(agent.pid) - before) / seconds
-    finally:
-        agent.terminate()
-        agent.wait(timeout=30)
+        return (agent.cpu_s() - before) / seconds
 
 
 def main() -> None:
@@ -54,14 +42,11 @@ def main() -> None:
     parser.add_argument("--dir", default=None)
     args = parser.parse_args()
     with stand_in("bench-idle-", args.dir) as (root, fake_url):
-        paigo = (
-            f'[upstream]\nurl = "{fake_url}/usage"\ntoken_url = "{fake_url}/oauth/token"\n'
-            'client_id = "test-client"\nclient_secret = "test-secret"\ndimensions = "off"'
-        )
+        paigo = stand_in_upstream(fake_url) + 'dimensions = "off"\n'
         down_port = free_port()  # nothing listens there
         down = paigo.replace(fake_url, f"http://127.0.0.1:{down_port}")
         cases = [
-            ("delivery off", "[upstream]\nenabled = false"),
+            ("delivery off", "[upstream]\nenabled = false\n"),
             ("delivery on, healthy upstream", paigo),
             ("delivery on, upstream down", down),
         ]

@@ -21,7 +21,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from agent_process import free_port, running_agent, wait_port
 from spool import t_sync  # bench/spool.py
 
 RECORD = {
@@ -76,23 +76,6 @@ asyncio.run(main())
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
 def wrk(
     url: str, connections: int, seconds: float, body_file: Path, script: Path
 ) -> dict[str, float]:
@@ -122,23 +105,9 @@ def wrk(
     return {"rps": requests / (duration_us / 1e6), "p50_ms": p50 / 1000, "p99_ms": p99 / 1000}
 
 
-def start_agent(directory: Path, port: int) -> subprocess.Popen[bytes]:
-    config = directory / "agent.toml"
-    config.write_text(
-        f'[spool]\ndir = "{directory / "spool"}"\nfsync = "always"\nmin_free_bytes = 0\n'
-        f"max_bytes = {64 * 1024**3}\n"
-        f'[ingest]\nlisten = "127.0.0.1:{port}"\nunix_socket = ""\n'
-        'max_request_bytes = 4194304\n[upstream]\nenabled = false\n[log]\nlevel = "WARNING"\n'
-    )
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)])
-    wait_port(port)
-    return proc
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait(timeout=30)
 
 
 def warm_up(port: int, array: bytes, segment_bytes: int = 16 * 1024 * 1024) -> int:
@@ -166,11 +135,6 @@ def warm_up(port: int, array: bytes, segment_bytes: int = 16 * 1024 * 1024) -> i
     posted += post_until(segment_bytes + 1)
     connection.close()
     return posted
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 def main() -> None:
@@ -207,43 +171,42 @@ def run(root: Path, seconds: float) -> None:
     bare_port, own_port = free_port(), free_port()
     bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)])
     own = subprocess.Popen([sys.executable, "-c", OWN_HTTP_SERVER, str(own_port)])
-    wait_port(bare_port)
-    wait_port(own_port)
-    agent_port = free_port()
-    agent = start_agent(root, agent_port)
+    bare_url, own_url = f"http://127.0.0.1:{bare_port}/usage", f"http://127.0.0.1:{own_port}/usage"
+    sections = '[upstream]\nenabled = false\n[log]\nlevel = "WARNING"\n'
+    spool, ingest = 'fsync = "always"\n', "max_request_bytes = 4194304\n"
     try:
-        warmed = warm_up(agent_port, array.read_bytes())
-        print(f"warm-up: {warmed:,} records, so that the agent appends into a zero-filled")
-        print("segment, as it does from its second segment on (spool.preallocate)\n")
-        print(
-            f"{'conns':>5} {'agent req/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'bare 204/s':>10} "
-            f"{'N/t_sync':>9} {'ratio':>6} {'p99 target':>10} {'own 204/s':>10} "
-            f"{'agent CPU us/req':>16}"
-        )
-        for n in (8, 64, 256):
-            ceiling_http = wrk(f"http://127.0.0.1:{bare_port}/usage", n, seconds, one, script)[
-                "rps"
-            ]
-            cpu_before = cpu_seconds(agent.pid)
-            got = wrk(f"http://127.0.0.1:{agent_port}/usage", n, seconds, one, script)
-            cpu_per_request = (cpu_seconds(agent.pid) - cpu_before) / (got["rps"] * seconds)
-            own_http = wrk(f"http://127.0.0.1:{own_port}/usage", n, seconds, one, script)["rps"]
-            ceiling = min(ceiling_http, n / sync)
-            target = f"{3 * sync * 1e3 + 2:.2f}" if n == 8 else "-"
+        wait_port(bare_port)
+        wait_port(own_port)
+        with running_agent(root, "agent", sections, spool=spool, ingest=ingest) as agent:
+            warmed = warm_up(agent.port, array.read_bytes())
+            print(f"warm-up: {warmed:,} records, so that the agent appends into a zero-filled")
+            print("segment, as it does from its second segment on (spool.preallocate)\n")
             print(
-                f"{n:>5} {got['rps']:>11.0f} {got['p50_ms']:>7.2f} {got['p99_ms']:>7.2f} "
-                f"{ceiling_http:>10.0f} {n / sync:>9.0f} {got['rps'] / ceiling:>6.2f} "
-                f"{target:>10} {own_http:>10.0f} {cpu_per_request * 1e6:>16.1f}"
+                f"{'conns':>5} {'agent req/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'bare 204/s':>10} "
+                f"{'N/t_sync':>9} {'ratio':>6} {'p99 target':>10} {'own 204/s':>10} "
+                f"{'agent CPU us/req':>16}"
             )
-        bare_arrays = wrk(f"http://127.0.0.1:{bare_port}/usage", 8, seconds, array, script)["rps"]
-        arrays = wrk(f"http://127.0.0.1:{agent_port}/usage", 8, seconds, array, script)
-        print(
-            f"\n1,000-record arrays, 8 connections: {arrays['rps'] * 1000:,.0f} records/s "
-            f"(p99 {arrays['p99_ms']:.1f} ms); bare handler reading the same bodies: "
-            f"{bare_arrays * 1000:,.0f} records/s; ratio {arrays['rps'] / bare_arrays:.2f}"
-        )
+            for n in (8, 64, 256):
+                ceiling_http = wrk(bare_url, n, seconds, one, script)["rps"]
+                cpu_before = agent.cpu_s()
+                got = wrk(f"{agent.url}/usage", n, seconds, one, script)
+                cpu_per_request = (agent.cpu_s() - cpu_before) / (got["rps"] * seconds)
+                own_http = wrk(own_url, n, seconds, one, script)["rps"]
+                ceiling = min(ceiling_http, n / sync)
+                target = f"{3 * sync * 1e3 + 2:.2f}" if n == 8 else "-"
+                print(
+                    f"{n:>5} {got['rps']:>11.0f} {got['p50_ms']:>7.2f} {got['p99_ms']:>7.2f} "
+                    f"{ceiling_http:>10.0f} {n / sync:>9.0f} {got['rps'] / ceiling:>6.2f} "
+                    f"{target:>10} {own_http:>10.0f} {cpu_per_request * 1e6:>16.1f}"
+                )
+            bare_arrays = wrk(bare_url, 8, seconds, array, script)["rps"]
+            arrays = wrk(f"{agent.url}/usage", 8, seconds, array, script)
+            print(
+                f"\n1,000-record arrays, 8 connections: {arrays['rps'] * 1000:,.0f} records/s "
+                f"(p99 {arrays['p99_ms']:.1f} ms); bare handler reading the same bodies: "
+                f"{bare_arrays * 1000:,.0f} records/s; ratio {arrays['rps'] / bare_arrays:.2f}"
+            )
     finally:
-        stop(agent)
         stop(bare)
         stop(own)
 

@@ -16,17 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from drain import call, cpu_seconds, fill, stand_in  # bench/drain.py
-from ingest import free_port, wait_port  # bench/ingest.py
+from agent_process import call, running_agent, stand_in_upstream
+from drain import fill, stand_in  # bench/drain.py
 
 DELAYS_S = (0.0, 0.02, 0.08, 0.2)
 
@@ -54,35 +52,26 @@ def run(root: Path, fake_url: str, *, delivery: str, concurrency: int, delay: fl
     asyncio.run(fill(spool_dir, n))
     call(f"{fake_url}/_fake/reset", {})
     call(f"{fake_url}/_fake/faults", {"delay_s": delay})
-    port = free_port()
-    config = root / f"{name}.toml"
-    config.write_text(
-        f'[spool]\ndir = "{spool_dir}"\nmin_free_bytes = 0\nmax_bytes = {64 * 1024**3}\n'
-        f'[ingest]\nlisten = "127.0.0.1:{port}"\nunix_socket = ""\n'
-        f'[upstream]\nurl = "{fake_url}/usage"\ntoken_url = "{fake_url}/oauth/token"\n'
-        'client_id = "test-client"\nclient_secret = "test-secret"\ndimensions = "off"\n'
-        f'delivery = "{delivery}"\nconcurrency = {concurrency}\nunknown_settle_s = 0.5\n'
-        '[verify]\nmode = "off"\n[log]\nlevel = "WARNING"\n'
+    sections = stand_in_upstream(fake_url) + (
+        f'dimensions = "off"\ndelivery = "{delivery}"\nconcurrency = {concurrency}\n'
+        'unknown_settle_s = 0.5\n[verify]\nmode = "off"\n[log]\nlevel = "WARNING"\n'
     )
-    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)])
     samples: list[float] = []
     limits: list[float] = []
     try:
-        wait_port(port)
-        started = time.perf_counter()
-        while True:
-            status: dict[str, Any] = call(f"http://127.0.0.1:{port}/status")
-            samples.append(float(status["delivery"]["in_flight"]))
-            limits.append(float(status["delivery"]["concurrency_limit"]))
-            if not status["spool"]["backlog_records"]:
-                break
-            time.sleep(0.05)
-        elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(agent.pid)
-        rtt_seen = mean_request_s(f"http://127.0.0.1:{port}/metrics")
+        with running_agent(root, name, sections) as agent:
+            started = time.perf_counter()
+            while True:
+                status = agent.status()
+                samples.append(float(status["delivery"]["in_flight"]))
+                limits.append(float(status["delivery"]["concurrency_limit"]))
+                if not status["spool"]["backlog_records"]:
+                    break
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - started
+            cpu = agent.cpu_s()
+            rtt_seen = mean_request_s(f"{agent.url}/metrics")
     finally:
-        agent.terminate()
-        agent.wait(timeout=60)
         call(f"{fake_url}/_fake/faults", {"delay_s": 0})
     mean = statistics.fmean(samples) if samples else 0.0
     limit = statistics.fmean(limits) if limits else 0.0

@@ -13,37 +13,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from drain import call, cpu_seconds, stand_in  # bench/drain.py
-from ingest import RECORD, WRK_SCRIPT, free_port, wait_port, wrk  # bench/ingest.py
+from agent_process import call, running_agent, stand_in_upstream
+from drain import stand_in  # bench/drain.py
+from ingest import RECORD, WRK_SCRIPT, wrk  # bench/ingest.py
+
+OFF = "[upstream]\nenabled = false\n"
 
 
 def measure(root: Path, name: str, upstream: str, seconds: float) -> tuple[float, float]:
     """(requests/s, agent CPU µs per request) for one wrk run against a fresh agent."""
-    port = free_port()
-    config = root / f"{name}.toml"
-    config.write_text(
-        f'[spool]\ndir = "{root / ("spool-" + name)}"\nmin_free_bytes = 0\n'
-        f"max_bytes = {64 * 1024**3}\n"
-        f'[ingest]\nlisten = "127.0.0.1:{port}"\nunix_socket = ""\n'
-        f'[upstream]\n{upstream}\n[verify]\nmode = "off"\n[log]\nlevel = "ERROR"\n'
-    )
-    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)])
-    try:
-        wait_port(port)
+    sections = f'{upstream}[verify]\nmode = "off"\n[log]\nlevel = "ERROR"\n'
+    with running_agent(root, name, sections) as agent:
         script, body = root / "post.lua", root / "one.json"
         script.write_text(WRK_SCRIPT)
         body.write_text(json.dumps(RECORD))
-        before = cpu_seconds(agent.pid)
-        result = wrk(f"http://127.0.0.1:{port}/usage", 8, seconds, body, script)
-        used = cpu_seconds(agent.pid) - before
-    finally:
-        agent.terminate()
-        agent.wait(timeout=60)
+        result = wrk(f"{agent.url}/usage", 8, seconds, body, script)
+        used = agent.cpu_s()
     requests = result["rps"] * seconds
     return result["rps"], used / requests * 1e6
 
@@ -56,15 +45,12 @@ def main() -> None:
     args = parser.parse_args()
     with stand_in("bench-outage-", args.dir) as (root, fake_url):
         call(f"{fake_url}/_fake/faults", {"fail_next": 10**9, "fail_status": 503})
-        down = (
-            f'url = "{fake_url}/usage"\ntoken_url = "{fake_url}/oauth/token"\n'
-            'client_id = "test-client"\nclient_secret = "test-secret"\ndimensions = "off"'
-        )
+        down = stand_in_upstream(fake_url) + 'dimensions = "off"\n'
         print(f"{'round':>6} {'disabled req/s':>15} {'CPU us':>8} {'503 req/s':>12} "
               f"{'CPU us':>8} {'share':>7}")  # fmt: skip
         shares = []
         for n in range(args.rounds):
-            off_rate, off_cpu = measure(root, f"off-{n}", "enabled = false", args.seconds)
+            off_rate, off_cpu = measure(root, f"off-{n}", OFF, args.seconds)
             down_rate, down_cpu = measure(root, f"down-{n}", down, args.seconds)
             shares.append(down_rate / off_rate)
             print(f"{n + 1:>6} {off_rate:>15,.0f} {off_cpu:>8.0f} {down_rate:>12,.0f} "

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -28,8 +27,9 @@ from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from drain import call, cpu_seconds, stand_in  # bench/drain.py
-from ingest import WRK_SCRIPT, free_port, wait_port, wrk  # bench/ingest.py
+from agent_process import call, running_agent, stand_in_upstream
+from drain import stand_in  # bench/drain.py
+from ingest import WRK_SCRIPT, wrk  # bench/ingest.py
 
 CUSTOMERS, DIMENSIONS = 100, ("bytes-in", "bytes-out", "gpu-seconds")
 PER_BODY = 1000
@@ -58,33 +58,12 @@ def body(age_s: float) -> tuple[bytes, Counter[tuple[str, str]]]:
     return ("\n".join(lines) + "\n").encode(), sums
 
 
-def start_agent(
-    root: Path, name: str, fake_url: str, *, deliver: bool, window_s: int
-) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    config = root / f"{name}.toml"
-    upstream = (
-        f'url = "{fake_url}/usage"\ntoken_url = "{fake_url}/oauth/token"\n'
-        'client_id = "test-client"\nclient_secret = "test-secret"\n'
-        if deliver
-        else "enabled = false\n"
+def agent_sections(fake_url: str, *, deliver: bool, window_s: int) -> str:
+    upstream = stand_in_upstream(fake_url) if deliver else "[upstream]\nenabled = false\n"
+    return (
+        f"{upstream}[rollup]\ndimensions = {json.dumps(list(DIMENSIONS))}\n"
+        f'window_s = {window_s}\n[log]\nlevel = "WARNING"\n'
     )
-    config.write_text(
-        f'[spool]\ndir = "{root / ("spool-" + name)}"\nmin_free_bytes = 0\n'
-        f"max_bytes = {64 * 1024**3}\n"
-        f'[ingest]\nlisten = "127.0.0.1:{port}"\nunix_socket = ""\n'
-        "max_request_bytes = 4194304\n"
-        f"[upstream]\n{upstream}"
-        f"[rollup]\ndimensions = {json.dumps(list(DIMENSIONS))}\nwindow_s = {window_s}\n"
-        '[log]\nlevel = "WARNING"\n'
-    )
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)])
-    wait_port(port)
-    return proc, port
-
-
-def backlog(port: int) -> int:
-    return int(call(f"http://127.0.0.1:{port}/status")["spool"]["backlog_records"])
 
 
 def main() -> None:
@@ -113,36 +92,25 @@ def run(root: Path, fake: str, args: argparse.Namespace) -> None:
         f" records, wrk 8 connections {args.seconds:.0f} s, rollup window {args.window_s} s,"
         f" timestamps {args.age_s:.0f} s old\n"
     )
-    ceiling_agent, port = start_agent(root, "off", fake, deliver=False, window_s=args.window_s)
-    try:
-        ceiling = (
-            wrk(f"http://127.0.0.1:{port}/usage", 8, args.seconds, body_file, script)["rps"]
-            * PER_BODY
-        )
-    finally:
-        ceiling_agent.terminate()
-        ceiling_agent.wait(timeout=30)
+    big_bodies = "max_request_bytes = 4194304\n"
+    off = agent_sections(fake, deliver=False, window_s=args.window_s)
+    with running_agent(root, "off", off, ingest=big_bodies) as agent:
+        ceiling = wrk(f"{agent.url}/usage", 8, args.seconds, body_file, script)["rps"] * PER_BODY
     call(f"{fake}/_fake/reset", {})
-    agent, port = start_agent(root, "on", fake, deliver=True, window_s=args.window_s)
-    try:
-        cpu_before = cpu_seconds(agent.pid)
+    on = agent_sections(fake, deliver=True, window_s=args.window_s)
+    with running_agent(root, "on", on, ingest=big_bodies) as agent:
         started = time.monotonic()
-        accepted_rate = (
-            wrk(f"http://127.0.0.1:{port}/usage", 8, args.seconds, body_file, script)["rps"]
-            * PER_BODY
-        )
-        while backlog(port) > 0:
+        accepted = wrk(f"{agent.url}/usage", 8, args.seconds, body_file, script)["rps"]
+        accepted_rate = accepted * PER_BODY
+        while agent.status()["spool"]["backlog_records"] > 0:
             time.sleep(0.05)
         drained_s = time.monotonic() - started
-        cpu = cpu_seconds(agent.pid) - cpu_before
-        status = call(f"http://127.0.0.1:{port}/status")["delivery"]
-    finally:
-        agent.terminate()
-        agent.wait(timeout=30)
+        cpu = agent.cpu_s()
+        status = agent.status()["delivery"]
     records = status["rollup"]["records_rolled_up"]
     held = call(f"{fake}/_fake/records")
     bodies = records // PER_BODY
-    expected = {key: value * bodies for key, value in per_body.items()}  # type: ignore[misc]
+    expected = {key: value * bodies for key, value in per_body.items()}
     got: dict[tuple[str, str], Decimal] = {}
     for entry in held:
         r = entry["record"]

@@ -21,8 +21,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from drain import call, run_agent, stand_in  # bench/drain.py
-from ingest import RECORD, free_port  # bench/ingest.py
+from agent_process import call, stand_in_upstream
+from drain import run_agent, stand_in  # bench/drain.py
+from ingest import RECORD  # bench/ingest.py
 
 from agent.config import SpoolConfig
 from agent.records import Envelope, encode_envelope
@@ -55,17 +56,12 @@ def run(root: Path, fake_url: str, verify: str, records: int, customers: int) ->
     asyncio.run(fill(spool_dir, records, customers))
     call(f"{fake_url}/_fake/reset", {})
     reads_before = call(f"{fake_url}/_fake/stats")["reads"]
-    agent_port = free_port()
-    config = root / f"{verify}.toml"
-    config.write_text(
-        f'[spool]\ndir = "{spool_dir}"\nmin_free_bytes = 0\n'
-        f'[ingest]\nlisten = "127.0.0.1:{agent_port}"\nunix_socket = ""\n'
-        f'[upstream]\nurl = "{fake_url}/usage"\ntoken_url = "{fake_url}/oauth/token"\n'
-        'client_id = "test-client"\nclient_secret = "test-secret"\nconcurrency = 64\n'
+    sections = stand_in_upstream(fake_url) + (
+        "concurrency = 64\n"
         f'[verify]\nmode = "{verify}"\ndelay_s = 1.0\nmax_reads_per_s = 100000.0\n'
         '[log]\nlevel = "WARNING"\n'
     )
-    elapsed, cpu = run_agent(config, agent_port, done)
+    elapsed, cpu = run_agent(root, verify, sections, done)
     reads = call(f"{fake_url}/_fake/stats")["reads"] - reads_before
     return elapsed, cpu / records * 10_000, reads / records * 10_000
 
