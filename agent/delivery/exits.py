@@ -86,7 +86,11 @@ class Exits:
     def leave(self, items: Sequence[Item], reason: Reason) -> None:
         """Take `items` out of the agent's care for `reason`: delivered and found records
         are noted for the deliveries file; all are acknowledged and counted."""
-        self.counts[reason] += sum(len(item.seqs) for item in items)  # a rollup: its members
+        seqs = [item.seq for item in items if item.rollup is None]
+        for item in items:
+            if item.rollup is not None:
+                seqs += item.rollup.seqs  # a rollup leaves with its members
+        self.counts[reason] += len(seqs)
         if self.undecided:
             self.undecided.difference_update(item.id for item in items)
         # without a stable id upstream there is nothing to reconcile or verify by
@@ -105,7 +109,7 @@ class Exits:
             if self._verifier is not None:
                 self._verifier.note(items)  # acknowledged once kept for verification
                 return
-        self._spool.ack([seq for item in items for seq in item.seqs])
+        self._spool.ack(seqs)
 
     async def dead_letter(self, items: Sequence[Item], reply: Reply) -> bool:
         """Write `items` to the dead-letter file (durably), then let them leave. False

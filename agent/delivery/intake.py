@@ -65,6 +65,7 @@ class Intake:
         *,
         window: int,
         work: Wakeup,
+        batch: int = 1,
         catalog_order: Callable[[], frozenset[str]] = frozenset,
         rollups: Rollups | None = None,
         formed: dict[int, Formation] | None = None,
@@ -81,7 +82,8 @@ class Intake:
         self._configured_order = frozenset(config.ordered_dimensions)
         self._catalog_order = catalog_order
         self._window = window
-        self._work = work  # set when records were added
+        self._work = work  # notified when records were added
+        self._batch = batch  # records a sender takes at a time, at most
         self._clock = clock
         self.room = asyncio.Event()  # set by the senders when records left or went back
         self._stopping = False
@@ -116,7 +118,7 @@ class Intake:
             before = self._lanes.buffered
             admit = self._admit  # (a plain call per record: no coroutine for each)
             errors = [(entry, admit(entry, now, ordered)) for entry in entries]
-            self._work.notify(self._lanes.buffered - before)
+            self._work.notify_for(self._lanes.buffered - before, self._batch)
             for entry, error in errors:
                 if error is not None:  # a dead letter; if it cannot be written, read again
                     await self._exits.unreadable(entry.seq, entry.payload, error)  # at restart

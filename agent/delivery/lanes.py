@@ -52,6 +52,11 @@ class Lanes(Generic[T]):
         self._held: dict[LaneKey, Lane[T]] = {}
         self.buffered = 0  # items held, in flight or not
 
+    @property
+    def ready(self) -> bool:
+        """Whether a lane may have an item to take (one offered, not yet looked at)."""
+        return bool(self._ready)
+
     def add(self, key: LaneKey, item: T, now: float) -> None:
         lane = self._lanes.get(key)
         if lane is None:

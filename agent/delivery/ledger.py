@@ -153,7 +153,8 @@ class Ledger:
             self._write_failed.error("%s (%d deliveries not recorded)", exc, len(lines))
 
     async def _append(self, lines: list[dict[str, object]]) -> None:
-        data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+        newline = orjson.OPT_APPEND_NEWLINE
+        data = b"".join([orjson.dumps(line, option=newline) for line in lines])
         path = self.dir / DELIVERED
         async with self._delivered_lock:
             # one call in a thread opens, writes and closes: a cancelled flush (at stop)

@@ -96,6 +96,7 @@ class Sender:
             upstream,
             window=window,
             work=self._work,
+            batch=self._batch_size,
             catalog_order=catalog_order,
             rollups=rollups,
             formed=ledger.formed,
@@ -163,6 +164,8 @@ class Sender:
             if not taken:
                 await self._work.wait(IDLE_WAIT_S)
                 continue
+            if self._batch_size > 1 and self._lanes.ready:
+                self._work.notify()  # more than this batch is ready (one wake per batch)
             batch = await self._linger(taken)
             for _, item in batch:
                 item.held = True
@@ -416,7 +419,7 @@ class Sender:
         if until > now:
             self._release_at(until)
         else:
-            self._work.notify(len(batch))
+            self._work.notify_for(len(batch), self._batch_size)
 
     def _release_at(self, when: float) -> None:
         """Offer the held lanes again at `when` (one timer, for the first lane held to be
@@ -433,7 +436,7 @@ class Sender:
         self._release = None
         now = self._clock()
         if released := self._lanes.release_held(now):
-            self._work.notify(released)
+            self._work.notify_for(released, self._batch_size)
         if (wait_s := self._lanes.next_release_s(now)) != math.inf:
             self._release_at(now + wait_s)
 

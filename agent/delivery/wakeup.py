@@ -20,6 +20,10 @@ class Wakeup:
     def __init__(self) -> None:
         self._waiters: deque[asyncio.Future[None]] = deque()
 
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
     def notify(self, n: int = 1) -> None:
         """Wake at most `n` waiters."""
         waiters = self._waiters
@@ -28,6 +32,11 @@ class Wakeup:
             if not waiter.done():
                 waiter.set_result(None)
                 n -= 1
+
+    def notify_for(self, items: int, per_waiter: int) -> None:
+        """Wake as many waiters as `items` keep busy, `per_waiter` items each (a sender
+        takes a batch: in array mode 1,000 records wake two senders, not a thousand)."""
+        self.notify(-(-items // per_waiter))
 
     def notify_all(self) -> None:
         self.notify(len(self._waiters))
@@ -43,5 +52,6 @@ class Wakeup:
         finally:
             if not waiter.done():
                 waiter.cancel()
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)  # timed out or cancelled: no longer waiting
+            if waiter.cancelled():  # timed out or cancelled: it may still be in the queue
+                with contextlib.suppress(ValueError):  # (a notified one is not: no search,
+                    self._waiters.remove(waiter)  # and no error, whose message is its repr)
