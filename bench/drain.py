@@ -6,8 +6,9 @@ In one run, for `upstream.mode = "single"` (concurrency 64) and `"array"` (500 r
 request), in at-least-once and effectively-once delivery, and effectively-once with 5 % of
 sends ending in an unknown outcome (stored, then the connection dropped or a 504): records/s
 from the agent's readiness until its spool is empty, and CPU seconds the agent spent per
-10,000 records. Next to each, the stand-in's own ceiling measured in the
-same run: wrk posting the same requests (single records, 500-record arrays) straight to it.
+10,000 records. Next to each, the stand-in's own ceiling, measured just before that row
+(this machine's speed drifts within a run): wrk posting the same requests (single records,
+500-record arrays) straight to it.
 Agent and stand-in are separate processes; the machine's cores are shared by all three.
 """
 
@@ -103,7 +104,9 @@ CASES = (
 SETTLE_S = 0.5
 
 
-def ceilings(root: Path, fake_url: str, seconds: float) -> tuple[float, float]:
+def ceiling(root: Path, fake_url: str, mode: str, seconds: float) -> float:
+    """The stand-in's own rate, in records/s, for `mode`'s requests: wrk posting them
+    straight to it (single records on 64 connections, 500-record arrays on 8)."""
     token = call(
         f"{fake_url}/oauth/token",
         {
@@ -113,15 +116,16 @@ def ceilings(root: Path, fake_url: str, seconds: float) -> tuple[float, float]:
             "client_secret": "test-secret",
         },
     )["access_token"]
-    script = root / "post.lua"
+    script, body = root / "post.lua", root / f"{mode}.json"
     script.write_text(WRK_SCRIPT + f'wrk.headers["Authorization"] = "Bearer {token}"\n')
-    one, array = root / "one.json", root / "array.json"
-    one.write_text(json.dumps(RECORD))
-    array.write_text(json.dumps([RECORD] * 500))
-    single = wrk(f"{fake_url}/usage", 64, seconds, one, script)["rps"]
-    arrays = wrk(f"{fake_url}/usage", 8, seconds, array, script)["rps"] * 500
+    if mode == "single":
+        body.write_text(json.dumps(RECORD))
+        rate = wrk(f"{fake_url}/usage", 64, seconds, body, script)["rps"]
+    else:
+        body.write_text(json.dumps([RECORD] * 500))
+        rate = wrk(f"{fake_url}/usage", 8, seconds, body, script)["rps"] * 500
     call(f"{fake_url}/_fake/reset", {})
-    return single, arrays
+    return rate
 
 
 def main() -> None:
@@ -133,20 +137,16 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("bench/drain.py needs wrk: apt-get install wrk")
     with stand_in("bench-drain-", args.dir, "--accept-arrays") as (root, fake_url):
-        single_ceiling, array_ceiling = ceilings(root, fake_url, args.seconds)
-        print(
-            f"stand-in ceiling (wrk straight to it): single {single_ceiling:,.0f} req/s "
-            f"(64 conns); arrays of 500 {array_ceiling:,.0f} records/s (8 conns)"
-        )
         header = ("mode", "delivery", "unknown", "records/s", "CPU s/10k", "ceiling", "ratio")
-        print(f"\nunknown_settle_s = {SETTLE_S}; {args.records:,} records per row")
+        print(f"unknown_settle_s = {SETTLE_S}; {args.records:,} records per row")
+        print("ceiling: the stand-in's own rate, wrk straight to it just before the row")
         print(" ".join(f"{h:>16}" for h in header))
         for case in CASES:
-            ceiling = single_ceiling if case.mode == "single" else array_ceiling
+            limit = ceiling(root, fake_url, case.mode, args.seconds)
             rate, cpu = drain(root, fake_url, case, args.records)
             cells = [case.mode, case.delivery, f"{case.unknown_rate:.0%}", f"{rate:,.0f}"]
-            cells += [f"{cpu:.2f}", f"{ceiling:,.0f}", f"{rate / ceiling:.2f}"]
-            print(" ".join(f"{c:>16}" for c in cells))
+            cells += [f"{cpu:.2f}", f"{limit:,.0f}", f"{rate / limit:.2f}"]
+            print(" ".join(f"{c:>16}" for c in cells), flush=True)
 
 
 @contextlib.contextmanager
