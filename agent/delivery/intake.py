@@ -34,7 +34,7 @@ from agent.spool.reader import Entry
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL_S: Final = 0.05
+CATALOG_POLL_S: Final = 0.05  # rollups wait for the catalog: how often the intake looks
 MAX_WAIT_S: Final = 1.0  # the intake looks again at least this often
 READ_BATCH: Final = 1000  # records per spool read: about a millisecond of the event loop
 
@@ -103,7 +103,7 @@ class Intake:
             apart = min(self._window, self._lanes.held_apart(now))
             room = self._window - (self._lanes.buffered - apart)
             if self._rollups is not None and self._rollups.waiting_for_catalog:
-                await asyncio.sleep(IDLE_POLL_S)
+                await asyncio.sleep(CATALOG_POLL_S)
                 continue
             if room <= 0 or (self._rollups is not None and self._rollups.full):
                 self.room.clear()
