@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,6 +13,8 @@ import orjson
 import pytest
 
 from agent.delivery import deadletter
+from agent.delivery.item import Item
+from agent.delivery.sender import MAX_WINDOW
 from agent.testing.fake_paigo import FakePaigo
 from tests.conftest import (
     AgentFactory,
@@ -65,6 +68,49 @@ async def test_an_outage_loses_nothing(start_agent: AgentFactory, paigo: FakePai
     assert values(paigo.records) == values(batch)  # every record, none twice
     assert agent.service.sender is not None
     assert agent.service.sender.status().left["dead_lettered"] == 0
+
+
+async def test_in_array_mode_an_outage_holds_at_most_max_window_records_in_memory(
+    start_agent: AgentFactory,
+):
+    """With 256 senders and 500-record arrays, four batches per sender would be 512,000
+    records in memory (about half a gigabyte): the window is capped, the rest waits on
+    disk, and once the upstream is back everything goes, once."""
+    fake = FakePaigo(accept_arrays=True)
+    await fake.start()
+    try:
+        fake.fail_next(10**9, 503)
+        agent = await start_agent(**delivering(fake, mode="array"))
+        batch = [record(n) for n in range(MAX_WINDOW + 10_000)]
+        await post_all(agent, batch, size=1000)
+        sender = agent.service.sender
+        assert sender is not None
+        await eventually(lambda: sender.status().buffered_records >= MAX_WINDOW, what="window")
+        await asyncio.sleep(0.3)
+        assert sender.status().buffered_records == MAX_WINDOW  # the rest is on disk only
+        fake.fail_next(0)
+        await eventually(lambda: agent.service.spool.backlog == 0, timeout=60, what="drained")
+        assert values(fake.records) == values(batch)
+    finally:
+        await fake.stop()
+
+
+async def test_records_that_left_are_not_held_by_the_senders_that_sent_them(
+    start_agent: AgentFactory,
+):
+    """An idle sender holds nothing: with 256 senders each keeping its last 500-record
+    batch while it waited, 128,000 records that had left stayed in memory."""
+    fake = FakePaigo(accept_arrays=True)
+    await fake.start()
+    try:
+        agent = await start_agent(**delivering(fake, mode="array", batch_max_records=100))
+        await post_all(agent, [record(n) for n in range(5000)], size=1000)
+        await eventually(lambda: agent.service.spool.backlog == 0, what="delivered")
+        await asyncio.sleep(0.5)  # the deliveries file written
+        gc.collect()
+        assert sum(1 for o in gc.get_objects() if type(o) is Item) < 100  # was 5,000
+    finally:
+        await fake.stop()
 
 
 async def test_retry_after_pauses_every_sender_and_there_is_no_storm(
