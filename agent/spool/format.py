@@ -44,8 +44,13 @@ after the last frame are free space, not damage. A sealed segment is cut to its 
 before the next segment is created.
 
 Cursor file, JSON: `{"version": 1, "spool_id": "<16 hex>", "next_seq": N, "segment": S,
-"offset": O}`: every frame with seq < N is consumed; the frame N starts at byte O of the
-segment whose first seq is S (a hint: it is checked and, if wrong, found by a scan).
+"offset": O, "acked": [[A, B], ...]}`: every frame with seq < N is consumed; the frame N
+starts at byte O of the segment whose first seq is S (a hint: it is checked and, if wrong,
+found by a scan); and every frame with A <= seq < B, for each pair, is consumed too: the
+acknowledgements beyond N, at most `MAX_CURSOR_RANGES` ranges, lowest first (absent when
+there are none; written by agents from 2026-12-01, and an agent before them ignores it:
+it hands those records out again, as it always did). A malformed `acked` is ignored the
+same way: records are handed out again, never skipped.
 """
 
 from __future__ import annotations
@@ -195,12 +200,16 @@ def decode_segment_header(data: bytes) -> tuple[int, int]:
     return version, first_seq
 
 
+MAX_CURSOR_RANGES: Final = 4096  # acknowledged ranges a cursor file keeps (about 80 KB)
+
+
 @dataclass(frozen=True, slots=True)
 class Cursor:
     spool_id: str
     next_seq: int
     segment: int | None = None  # where frame next_seq starts: a hint, checked before use
     offset: int | None = None
+    acked: tuple[tuple[int, int], ...] = ()  # consumed ranges [A, B) beyond next_seq
 
 
 def encode_cursor(cursor: Cursor) -> bytes:
@@ -211,6 +220,8 @@ def encode_cursor(cursor: Cursor) -> bytes:
     }
     if cursor.segment is not None and cursor.offset is not None:
         body["segment"], body["offset"] = cursor.segment, cursor.offset
+    if cursor.acked:
+        body["acked"] = cursor.acked
     return orjson.dumps(body)
 
 
@@ -227,7 +238,22 @@ def decode_cursor(data: bytes) -> Cursor:
         raise ValueError("spool_id or next_seq missing or of the wrong type")
     if not (isinstance(segment, int) and isinstance(offset, int)):
         segment = offset = None
-    return Cursor(spool_id, next_seq, segment, offset)
+    return Cursor(spool_id, next_seq, segment, offset, _acked_ranges(body.get("acked"), next_seq))
+
+
+def _acked_ranges(value: object, next_seq: int) -> tuple[tuple[int, int], ...]:
+    """The `acked` ranges, or none at all when any is malformed (never skip a record)."""
+    if not isinstance(value, list):
+        return ()
+    ranges = []
+    for pair in value:
+        if not (isinstance(pair, list) and len(pair) == 2):
+            return ()
+        start, end = pair
+        if not (type(start) is int and type(end) is int and next_seq < start < end):
+            return ()
+        ranges.append((start, end))
+    return tuple(ranges)
 
 
 def spare_path(directory: Path) -> Path:

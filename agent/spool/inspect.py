@@ -3,7 +3,8 @@
 It takes no lock and writes nothing, so it is safe on a running agent's directory (what it
 reports is then a moment's picture: a segment being written may end in a frame that is not
 whole yet, counted as `torn_bytes`). It counts frames, not acknowledgements: the records
-at and after the cursor are the ones waiting for delivery.
+at and after the cursor, but for those the cursor file keeps as acknowledged beyond it, are
+the ones waiting for delivery.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Final
 from agent.errors import SpoolError
 from agent.records import decode_envelope
 from agent.spool import format as fmt
+from agent.spool.acked import AckedRanges
 from agent.spool.reader import load_lost
 from agent.spool.recovery import list_segments
 
@@ -57,7 +59,9 @@ def inspect(directory: Path, with_sides: bool = True) -> SpoolReport:
     if not directory.is_dir():
         raise SpoolError(f"{directory} is not a directory")
     report = SpoolReport(str(directory))
-    report.cursor_next_seq = _cursor(directory)
+    cursor = _cursor(directory)
+    report.cursor_next_seq = cursor.next_seq if cursor is not None else None
+    acked = AckedRanges(cursor.acked if cursor is not None else ())
     oldest_ms: int | None = None
     newest_ms: int | None = None
     for segment in list_segments(directory):
@@ -65,7 +69,8 @@ def inspect(directory: Path, with_sides: bool = True) -> SpoolReport:
         seg = SegmentReport(segment.path.name, len(data), segment.first_seq)
         for seq, payload in _frames(data, seg):
             received = _received_ms(payload)
-            if report.cursor_next_seq is None or seq >= report.cursor_next_seq:
+            waiting = report.cursor_next_seq is None or seq >= report.cursor_next_seq
+            if waiting and seq not in acked:
                 report.pending_records += 1
                 if oldest_ms is None and received is not None:
                     oldest_ms = received
@@ -110,9 +115,9 @@ def _frames(data: bytes, seg: SegmentReport) -> list[tuple[int, bytes]]:
     return found
 
 
-def _cursor(directory: Path) -> int | None:
+def _cursor(directory: Path) -> fmt.Cursor | None:
     try:
-        return fmt.decode_cursor(fmt.cursor_path(directory).read_bytes()).next_seq
+        return fmt.decode_cursor(fmt.cursor_path(directory).read_bytes())
     except (OSError, ValueError):
         return None
 

@@ -48,6 +48,7 @@ from agent.fsio import fsync_dir, write_atomically
 from agent.logs import Throttled
 from agent.records import agent_record_ids
 from agent.spool import format as fmt
+from agent.spool.acked import AckedRanges
 from agent.spool.reader import Entry, ReadView, SpoolReader, SpoolStats, load_lost
 from agent.spool.recovery import (
     Segment,
@@ -62,6 +63,8 @@ from agent.spool.space import Space, reserve_for
 from agent.spool.writer import NoObserver, SegmentWriter, SpoolObserver
 
 log = logging.getLogger(__name__)
+
+_CursorNow = tuple[fmt.Cursor, int]  # a cursor to save; the acknowledgements it holds
 
 FIRST_SEQ: Final = 1
 # Commits run on the event loop while an fdatasync takes less than this on average (a
@@ -125,7 +128,8 @@ class Spool:
         self._reader = SpoolReader(self.dir, self.stats, FIRST_SEQ, FIRST_SEQ, 0)
         self._reading = asyncio.Lock()
         self._positions: dict[int, tuple[int, int]] = {}
-        self._acked: set[int] = set()
+        self._acked = AckedRanges()  # acknowledged beyond the cursor
+        self._saved_acked = 0  # how many of them the saved cursor holds
         self._cursor_seq = FIRST_SEQ
         self._cursor_hint = (FIRST_SEQ, FIRST_SEQ, fmt.SEGMENT_HEADER_SIZE)  # seq, segment, offset
         self._saved_cursor_seq = -1
@@ -158,8 +162,9 @@ class Spool:
         self._segments = self._writer.segments = list_segments(self.dir)
         self._drop_consumed(cursor.next_seq)
         self._next_seq = recover_tail(self.dir, self._segments, self.stats) or FIRST_SEQ
-        if self._next_seq < cursor.next_seq or not self._segments:
-            self._next_seq = max(self._next_seq, cursor.next_seq)
+        consumed = max([cursor.next_seq, *(end for _, end in cursor.acked)])
+        if self._next_seq < consumed or not self._segments:  # (a tail lost with fsync off)
+            self._next_seq = max(self._next_seq, consumed)  # never reuse a consumed seq
             self._writer.roll(self._next_seq)
         else:
             self._writer.open_active()
@@ -167,7 +172,8 @@ class Spool:
         self._durable_seq = self._next_seq
         if cursor.next_seq < self._segments[0].first_seq:
             log.warning("spool cursor %d is before the oldest segment: consumed", cursor.next_seq)
-        self._cursor_seq = max(cursor.next_seq, self._segments[0].first_seq)
+        self._acked = AckedRanges(cursor.acked)
+        self._cursor_seq = self._acked.take_from(max(cursor.next_seq, self._segments[0].first_seq))
         first = self._segment_of(self._cursor_seq)
         offset = fmt.SEGMENT_HEADER_SIZE
         if (
@@ -178,7 +184,7 @@ class Spool:
             offset = cursor.offset
         self._reader = SpoolReader(self.dir, self.stats, self._cursor_seq, first, offset)
         self._cursor_hint = (self._cursor_seq, first, offset)
-        self._save_cursor()
+        self._save_cursor(self._cursor_now())
 
     async def start(self) -> None:
         """Start the committer and the cursor and sync timers (needs a running loop)."""
@@ -198,7 +204,7 @@ class Spool:
             await asyncio.gather(*self._tasks[1:], return_exceptions=True)
             self._tasks = []
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._write_io, self._try_persist_cursor)
+        await loop.run_in_executor(self._write_io, self._try_persist_cursor, self._cursor_now())
         self.close_sync()
 
     def close_sync(self) -> None:
@@ -298,20 +304,29 @@ class Spool:
     async def read(self, max_records: int, max_bytes: int = 1 << 30) -> list[Entry]:
         """Up to `max_records` durable entries not handed out before, in seq order."""
         async with self._reading:
-            if self._reader.seq >= self._durable_seq:
-                return []
-            view = ReadView(
-                [s.first_seq for s in self._segments], self._durable_seq, self._durable_offset
-            )
-            # On the event loop: the bytes are nearly always in the page cache (just written,
-            # or read ahead by the kernel), a thread hop costs more than the read, and
-            # decoding in a second thread only contends for the GIL (measured: 40 % more
-            # drain throughput inline). One call reads at most READ_CHUNK from the file.
-            result = self._reader.read(view, max_records, max_bytes)
-        self._positions.update(result.positions)
+            while self._reader.seq < self._durable_seq:
+                entries = self._read_once(max_records, max_bytes)
+                if entries:
+                    return entries
+            return []
+
+    def _read_once(self, max_records: int, max_bytes: int) -> list[Entry]:
+        view = ReadView(
+            [s.first_seq for s in self._segments], self._durable_seq, self._durable_offset
+        )
+        # On the event loop: the bytes are nearly always in the page cache (just written,
+        # or read ahead by the kernel), a thread hop costs more than the read, and
+        # decoding in a second thread only contends for the GIL (measured: 40 % more
+        # drain throughput inline). One call reads at most READ_CHUNK from the file.
+        result = self._reader.read(view, max_records, max_bytes)
+        entries, positions = result.entries, result.positions
+        if self._acked:  # consumed out of order before a restart: not handed out again
+            entries = [e for e in entries if e.seq not in self._acked]
+            positions = {e.seq: positions[e.seq] for e in entries if e.seq in positions}
+        self._positions.update(positions)
         if result.lost:
             self.ack(result.lost)
-        return result.entries
+        return entries
 
     async def wait_for_data(self, timeout: float) -> None:
         """Return when entries not yet handed out may be there, or after `timeout`."""
@@ -323,16 +338,15 @@ class Spool:
                 await self._data.wait()
 
     def ack(self, seqs: Iterable[int]) -> None:
-        """Mark entries delivered. The cursor moves over the contiguous acknowledged prefix
-        (persisted by the cursor timer); acks of unknown seqs are ignored."""
-        acked = self._acked
-        acked.update(seq for seq in seqs if seq >= self._cursor_seq)
-        cursor = self._cursor_seq
-        positions = self._positions
-        while cursor in acked:
-            acked.discard(cursor)
-            positions.pop(cursor, None)
-            cursor += 1
+        """Mark entries delivered. The cursor moves over the contiguous acknowledged prefix;
+        what is acknowledged beyond it is kept as ranges (both persisted by the cursor
+        timer); acks of unknown seqs are ignored."""
+        acked, positions, cursor = self._acked, self._positions, self._cursor_seq
+        for seq in seqs:
+            if seq >= cursor:
+                acked.add(seq)
+                positions.pop(seq, None)  # (kept only for what is read and not acknowledged)
+        cursor = acked.take_from(cursor)
         if cursor != self._cursor_seq:
             self._cursor_seq = cursor
             where = positions.get(cursor)
@@ -347,31 +361,38 @@ class Spool:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.config.cursor_interval_ms / 1000)
-            if self._cursor_seq != self._saved_cursor_seq:
-                await loop.run_in_executor(self._write_io, self._try_persist_cursor)
+            if (self._cursor_seq, len(self._acked)) != (self._saved_cursor_seq, self._saved_acked):
+                cursor = self._cursor_now()
+                await loop.run_in_executor(self._write_io, self._try_persist_cursor, cursor)
 
-    def _try_persist_cursor(self) -> None:
+    def _try_persist_cursor(self, cursor: _CursorNow) -> None:
         """`_persist_cursor`, for the timer and close: a failure (a full disk) keeps the
         last saved cursor and is logged; the next tick tries again."""
         try:
-            self._persist_cursor()
+            self._persist_cursor(cursor)
         except OSError as exc:
             self._cursor_failed.error("%s", exc)
 
-    def _persist_cursor(self) -> None:
-        """Sync the data the cursor depends on, save it, then delete consumed segments."""
+    def _persist_cursor(self, cursor: _CursorNow) -> None:
+        """Sync the data the cursor depends on, save it, then delete consumed segments.
+        (In the writer's thread: `cursor` was taken on the event loop, where acks change
+        what it is made of.)"""
         self._writer.sync_if_dirty()
-        self._drop_consumed(self._save_cursor())
+        self._drop_consumed(self._save_cursor(cursor))
 
-    def _save_cursor(self) -> int:
+    def _cursor_now(self) -> _CursorNow:
+        """The cursor to save, and how many acknowledgements beyond it that holds."""
         seq, (hint_seq, segment, offset) = self._cursor_seq, self._cursor_hint
-        if hint_seq == seq:
-            cursor = fmt.Cursor(self.spool_id, seq, segment, offset)
-        else:
-            cursor = fmt.Cursor(self.spool_id, seq)
-        write_atomically(fmt.cursor_path(self.dir), fmt.encode_cursor(cursor))
-        self._saved_cursor_seq = seq
-        return seq
+        ranges = tuple(self._acked.ranges(fmt.MAX_CURSOR_RANGES))
+        if hint_seq != seq:  # where frame `seq` starts is not known
+            return fmt.Cursor(self.spool_id, seq, acked=ranges), len(self._acked)
+        return fmt.Cursor(self.spool_id, seq, segment, offset, ranges), len(self._acked)
+
+    def _save_cursor(self, cursor: _CursorNow) -> int:
+        saved, acked = cursor
+        write_atomically(fmt.cursor_path(self.dir), fmt.encode_cursor(saved))
+        self._saved_cursor_seq, self._saved_acked = saved.next_seq, acked
+        return saved.next_seq
 
     def _drop_consumed(self, cursor_seq: int) -> None:
         """Delete sealed segments whose every frame is below the durable cursor."""

@@ -163,6 +163,7 @@ class FakePaigo:
         self.tokens: dict[str, float] = {}  # token -> expiry (Unix time)
         self.token_requests = 0
         self.reads: list[dict[str, str]] = []  # the query of every usage read
+        self.read_customers: list[str] = []  # and whose usage it read
         self.dimension_reads = 0
         self.lost_after_201: list[Received] = []  # the writes a loss fault dropped
         self.refused_reads: list[str] = []  # why each read answered 400 was refused
@@ -383,6 +384,7 @@ class FakePaigo:
             return refused
         query = request.query
         self.reads.append(dict(query))
+        self.read_customers.append(request.match_info["customerId"])
         if self.faults.reads_fail_next > 0:
             self.faults.reads_fail_next -= 1
             return _json(self.faults.reads_fail_status, {"message": "injected failure"})

@@ -113,6 +113,40 @@ async def test_records_that_left_are_not_held_by_the_senders_that_sent_them(
         await fake.stop()
 
 
+@pytest.mark.parametrize("delivery", ["at-least-once", "effectively-once"])
+async def test_a_record_that_cannot_leave_does_not_make_a_restart_send_the_others_again(
+    start_agent: AgentFactory, tmp_path: Path, delivery: str
+):
+    """One pair parked (404) holds the spool's cursor at its first record; the records
+    delivered after it are acknowledged beyond the cursor, and the cursor file keeps that:
+    after a restart they are neither sent again nor checked (at-least-once sent 1,199 of
+    1,200 again before). Effectively-once, the parked records were sent before (and
+    marked): they are checked, as any record possibly sent."""
+    fake = FakePaigo()
+    await fake.start()
+    try:
+        fake.faults.unknown_customers = {"customer-1"}
+        sections = delivering(fake, delivery=delivery, park_retry_s=1.0)
+        agent = await start_agent(**sections)
+        await post_all(agent, [record(n) for n in range(1400)], size=700)
+        await eventually(lambda: len(fake.records) >= 1200, what="the others delivered")
+        await asyncio.sleep(0.3)  # the cursor saved
+        await agent.close()
+        delivered = len(fake.records)
+        assert delivered == 1200 and agent.service.spool.backlog == 200
+
+        again = await start_agent(agent_config(tmp_path, **sections))
+        await asyncio.sleep(1.0)
+        assert len(fake.records) == delivered  # nothing sent a second time
+        assert set(fake.read_customers) <= {"customer-1"}  # nor checked (only the parked)
+        assert again.service.spool.backlog == 200  # the parked pair's, still waiting
+        fake.faults.unknown_customers = set()
+        await eventually(lambda: again.service.spool.backlog == 0, timeout=90, what="drained")
+        assert len(fake.records) == 1400
+    finally:
+        await fake.stop()
+
+
 async def test_retry_after_pauses_every_sender_and_there_is_no_storm(
     start_agent: AgentFactory, paigo: FakePaigo
 ):

@@ -1,9 +1,11 @@
 """A spool writer to be killed: appends and consumes at random, printing every ack.
 
 Run by tests/spool/test_crash.py as `python tests/spool/crash_writer.py DIR`. It prints `READY`,
-then `A <seq> <payload>` once an append of that payload is acknowledged (durable). A
-consumer reads and acknowledges in shuffled order, so the cursor moves and segments are
-deleted while the process may be killed at any moment.
+then `A <seq> <payload>` once an append of that payload is acknowledged (durable), and
+`C <seq>` once the consumer has acknowledged that entry (delivered: it may be gone after a
+restart, or handed out again). The consumer reads and acknowledges in shuffled order, so
+the cursor moves, acknowledgements sit beyond it, and segments are deleted, while the
+process may be killed at any moment.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import zlib
 
 from agent.config import SpoolConfig
 from agent.spool import Spool
+from agent.spool.reader import Entry
 
 
 def payload(writer: int, n: int) -> bytes:
@@ -49,9 +52,14 @@ async def main(directory: str) -> None:
             entries = await spool.read(rng.randint(1, 40))
             rng.shuffle(entries)
             half = len(entries) // 2
-            spool.ack(e.seq for e in entries[:half])
+            consume(entries[:half])
             await asyncio.sleep(0.002)
-            spool.ack(e.seq for e in entries[half:])
+            consume(entries[half:])
+
+    def consume(entries: list[Entry]) -> None:
+        spool.ack(e.seq for e in entries)
+        out.write("".join(f"C {e.seq}\n" for e in entries))  # (no await since the ack)
+        out.flush()
 
     await asyncio.gather(*(appender(k) for k in range(8)), consumer())
 

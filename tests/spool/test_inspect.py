@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 from agent.spool.inspect import inspect, report_lines
+from tests.conftest import SpoolFactory
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -34,3 +35,12 @@ def test_damage_in_a_sealed_segment_is_counted_and_nothing_is_written():
 def test_a_torn_tail_is_reported_as_torn_not_as_damage():
     [segment] = inspect(DATA / "torn-tail").segments
     assert segment.torn_bytes > 0 and segment.damaged_bytes == 0 and segment.records > 0
+
+
+async def test_records_acknowledged_beyond_the_cursor_are_not_pending(open_spool: SpoolFactory):
+    spool = await open_spool()
+    await spool.append([b"a", b"b", b"c", b"d", b"e"])
+    spool.ack(e.seq for e in await spool.read(5) if e.seq in (2, 3))  # the cursor stays at 1
+    await spool.close()
+    report = inspect(spool.dir, with_sides=False)
+    assert (report.cursor_next_seq, report.records, report.pending_records) == (1, 5, 3)

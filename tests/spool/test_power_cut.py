@@ -42,6 +42,7 @@ from agent.config import SpoolConfig
 from agent.delivery import deadletter
 from agent.delivery.deadletter import DeadLetter, DeadLetterFile
 from agent.spool import Spool
+from agent.spool.format import Cursor
 from agent.spool.side import side_spool
 from tests.spool.crash_model import Model, Recorder, materialize
 
@@ -367,8 +368,8 @@ async def recorded(
     recorder = Recorder(run, skip=skip)
     save = Spool._save_cursor
 
-    def saved(spool: Spool) -> int:
-        seq = save(spool)
+    def saved(spool: Spool, cursor: tuple[Cursor, int]) -> int:
+        seq = save(spool, cursor)
         if spool.dir.name == "spool":  # the usage spool, not a side spool
             recorder.mark("cursor", seq)
         return seq

@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import orjson
 import pytest
 
 from agent.config import SpoolConfig
@@ -73,17 +74,67 @@ async def test_the_cursor_moves_only_over_a_contiguous_acknowledged_prefix(
     assert spool.backlog == 0
 
 
-async def test_unacknowledged_entries_are_handed_out_again_after_a_reopen(
+async def test_only_unacknowledged_entries_are_handed_out_again_after_a_reopen(
     open_spool: SpoolFactory, spool_config: SpoolConfig
 ):
     spool = await open_spool()
     await spool.append([b"%d" % i for i in range(1, 11)])
     await spool.read(10)
-    spool.ack([1, 2, 3, 4, 6])
+    spool.ack([1, 2, 3, 4, 6, 8, 9])  # 6, 8 and 9 beyond the cursor (5)
     await spool.close()
     again = await open_spool()
-    assert [e.seq for e in await again.read(100)] == [5, 6, 7, 8, 9, 10]
+    assert again.cursor == 5 and again.backlog == 3
+    assert [e.seq for e in await again.read(100)] == [5, 7, 10]
+    again.ack([5, 7])
+    assert again.cursor == 10  # over the acknowledgements from before the reopen
     assert await again.append([b"new"]) == range(11, 12)
+
+
+async def test_acknowledgements_beyond_the_cursor_cost_memory_per_gap_not_per_record(
+    open_spool: SpoolFactory,
+):
+    spool = await open_spool()
+    await spool.append([b"r"] * 20_000)
+    entries = await spool.read(20_000)
+    spool.ack(e.seq for e in entries[1:])  # the first one stays: the cursor cannot move
+    assert spool.cursor == 1 and spool.backlog == 1
+    assert spool._acked.ranges(10) == [(2, 20_001)]
+    assert list(spool._positions) == [1]  # where the one left is, for the cursor hint
+    await spool.close()
+    cursor = fmt.decode_cursor(fmt.cursor_path(spool.dir).read_bytes())
+    assert cursor.next_seq == 1 and cursor.acked == ((2, 20_001),)
+
+
+async def test_a_seq_acknowledged_in_the_cursor_file_is_never_given_to_a_new_record(
+    open_spool: SpoolFactory,
+):
+    """With fsync off a power cut can lose the tail the cursor file already counts as
+    consumed: new records start after it, never inside an acknowledged range."""
+    spool = await open_spool()
+    await spool.append([b"a", b"b", b"c"])
+    await spool.close()
+    path = fmt.cursor_path(spool.dir)
+    cursor = fmt.decode_cursor(path.read_bytes())
+    path.write_bytes(fmt.encode_cursor(replace(cursor, acked=((4, 8),))))  # 4-7: a lost tail
+    again = await open_spool()
+    assert await again.append([b"new"]) == range(8, 9)
+    assert [e.payload for e in await again.read(10)] == [b"a", b"b", b"c", b"new"]
+
+
+async def test_a_malformed_acked_list_hands_records_out_again_never_skips_them(
+    open_spool: SpoolFactory,
+):
+    spool = await open_spool()
+    await spool.append([b"a", b"b", b"c"])
+    spool.ack(e.seq for e in await spool.read(3) if e.seq != 1)
+    await spool.close()
+    path = fmt.cursor_path(spool.dir)
+    body = orjson.loads(path.read_bytes())
+    assert body["acked"] == [[2, 4]]
+    body["acked"] = [[1, 4]]  # would skip the record at the cursor itself
+    path.write_bytes(orjson.dumps(body))
+    again = await open_spool()
+    assert [e.seq for e in await again.read(10)] == [1, 2, 3]
 
 
 async def test_the_cursor_is_persisted_atomically_and_consumed_segments_are_deleted(
