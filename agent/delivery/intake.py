@@ -44,8 +44,7 @@ class SpoolOut(Protocol):
 
     spool_id: str
 
-    @property
-    def saved_cursor(self) -> int: ...
+    def consumed_durably(self, seq: int) -> bool: ...
 
     async def read(self, max_records: int) -> list[Entry]: ...
 

@@ -5,9 +5,13 @@ Two parts, both under `spool.dir`:
 * **Marks** (`ledger/`, a side spool: `agent.spool.side`): before a record is first sent, its
   sequence number is marked. After a crash, a record that is still in the spool *and*
   marked may have reached Paigo: it is checked (see `agent.delivery.sender`) instead of being sent
-  blind. Marks behind the spool's persisted cursor are dropped, so the marks hold about what
-  was in flight; start-up reads them all. A mark is a JSON array of seqs, or a JSON object:
-  a rollup's formation (`agent.delivery.rollup.Formation`), its members' mark.
+  blind. A mark is dropped once the usage spool's persisted cursor says its records are
+  consumed (behind the cursor, or acknowledged beyond it), so the marks hold about what was
+  in flight; start-up reads them all. A mark whose records stay (one that cannot leave) is
+  written again at the tail once `REWRITE_AFTER` newer marks came after it, so the marks'
+  own spool frees its segments behind it and stays small. A mark is a JSON array of seqs,
+  or a JSON object: a rollup's formation (`agent.delivery.rollup.Formation`), its members'
+  mark.
 * **Deliveries** (`delivered.jsonl`, then `delivered.1.jsonl`): one JSON line per record
   delivered, `{"k": stable key, "c": customerId, "d": dimensionId, "t": timestamp, "v":
   recordValue, "at": unix time}` (a rollup's line adds `"m"`: its members' ids), written
@@ -30,7 +34,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -40,6 +44,7 @@ import orjson
 
 from agent.config import MiB, SpoolConfig
 from agent.delivery.rollup import Formation
+from agent.errors import SpoolError
 from agent.fsio import append_lines, json_lines, open_private
 from agent.logs import Throttled
 from agent.spool.side import side_spool
@@ -49,6 +54,7 @@ log = logging.getLogger(__name__)
 DELIVERED: Final = "delivered.jsonl"
 DELIVERED_OLD: Final = "delivered.1.jsonl"
 MARKS_MAX_BYTES: Final = 64 * MiB  # marks hold about what is in flight: far less than this
+REWRITE_AFTER: Final = 10_000  # newer marks after which a live mark is written again
 VOLUME_SHARE: Final = 0.1  # the deliveries history takes at most this share of the volume
 
 
@@ -57,7 +63,7 @@ class Ledger:
         """`reserve`: the usage spool's free-space reserve in force (see agent.spool.space)."""
         self.dir = Path(spool_config.dir)
         self._marks = side_spool(spool_config, "ledger", MARKS_MAX_BYTES)
-        self._marked: deque[tuple[int, int]] = deque()  # (mark seq, highest record seq)
+        self._marked: deque[_Mark] = deque()  # in mark order
         self.maybe_sent: set[int] = set()
         self.formed: dict[int, Formation] = {}  # rollups formed before a restart, by member seq
         self._max_bytes = max_bytes
@@ -67,6 +73,7 @@ class Ledger:
         self._deliveries_bytes = 0
         self.not_recorded = 0  # deliveries not written to the file (disk full, write error)
         self._write_failed = Throttled(log, "could not write the deliveries file")
+        self._rewrite_failed = Throttled(log, "could not write old ledger marks again")
 
     @property
     def bytes_used(self) -> int:
@@ -89,11 +96,10 @@ class Ledger:
                 if isinstance(mark, dict):
                     formation = Formation.decode(mark)
                     self.formed.update(dict.fromkeys(formation.seqs, formation))
-                    seqs: list[int] = formation.seqs
+                    self._marked.append(_Mark(entry.seq, formation.seqs, formation))
                 else:
-                    seqs = mark
-                    self.maybe_sent.update(seqs)
-                self._marked.append((entry.seq, max(seqs)))
+                    self.maybe_sent.update(mark)
+                    self._marked.append(_Mark(entry.seq, mark))
 
     async def stop(self) -> None:
         await self._marks.close()
@@ -101,21 +107,45 @@ class Ledger:
     async def mark(self, seqs: list[int], formations: Sequence[Formation] = ()) -> None:
         """Durably note, before their first send, the records `seqs` and the rollups
         `formations` (their membership: their members' mark), in one write."""
-        entries = [orjson.dumps(seqs)] if seqs else []
-        entries += [formation.encode() for formation in formations]
-        marks = await self._marks.append(entries)
-        highest = [max(seqs)] if seqs else []
-        highest += [max(formation.seqs) for formation in formations]
-        self._marked.extend(zip(marks, highest, strict=True))
+        marks = [_Mark(0, seqs)] if seqs else []
+        marks += [_Mark(0, formation.seqs, formation) for formation in formations]
+        await self._write_marks(marks)
 
-    def forget_through(self, cursor: int) -> None:
-        """Drop the marks of records below `cursor` (the spool's persisted cursor)."""
-        done = []
-        while self._marked and self._marked[0][1] < cursor:
-            done.append(self._marked.popleft()[0])
+    async def forget(self, consumed: Callable[[int], bool]) -> None:
+        """Drop the marks whose records are all `consumed` (by the usage spool's persisted
+        cursor: a restart would not read them again), and write again at the tail the
+        oldest marks that are still live (see the module's docstring)."""
+        done: list[int] = []
+        again: list[_Mark] = []
+        newest = self._marked[-1].seq if self._marked else 0
+        while self._marked:
+            head = self._marked[0]
+            if all(consumed(seq) for seq in head.seqs):
+                done.append(self._marked.popleft().seq)
+            elif newest - head.seq > REWRITE_AFTER:
+                again.append(self._marked.popleft())
+            else:
+                break
+        if again:
+            old = [mark.seq for mark in again]
+            try:
+                await self._write_marks(again)  # (new seqs: the old ones go once written)
+            except SpoolError as exc:  # kept where they were: tried again next time
+                self._marked.extendleft(reversed(again))
+                self._rewrite_failed.error("%s", exc)
+            else:
+                done += old
         if done:
             self._marks.ack(done)
-            self.maybe_sent = {seq for seq in self.maybe_sent if seq >= cursor}
+            self.maybe_sent = {seq for seq in self.maybe_sent if not consumed(seq)}
+
+    async def _write_marks(self, marks: list[_Mark]) -> None:
+        """Write `marks` (durably: the side spool fsyncs) and remember them, with their new
+        mark seqs."""
+        seqs = await self._marks.append([mark.encode() for mark in marks])
+        for seq, mark in zip(seqs, marks, strict=True):
+            mark.seq = seq
+        self._marked.extend(marks)
 
     def note(self, delivered: list[tuple[str, dict[str, object], list[str] | None]]) -> None:
         """Records (stable id, fields, a rollup's member ids) delivered upstream, for the
@@ -183,6 +213,18 @@ def _append_lines(path: Path, data: bytes) -> int:
         return os.fstat(fd).st_size
     finally:
         os.close(fd)
+
+
+@dataclass(slots=True)
+class _Mark:
+    """A mark in the side spool at `seq`: the records it holds, or a rollup's formation."""
+
+    seq: int
+    seqs: list[int]
+    formation: Formation | None = None
+
+    def encode(self) -> bytes:
+        return self.formation.encode() if self.formation is not None else orjson.dumps(self.seqs)
 
 
 @dataclass

@@ -159,7 +159,7 @@ class Sender:
         while True:
             await asyncio.sleep(0.2)
             await self._ledger.flush()
-            self._ledger.forget_through(self._spool.saved_cursor)
+            await self._ledger.forget(self._spool.consumed_durably)
 
     # --- sending --------------------------------------------------------------------------
 

@@ -130,6 +130,7 @@ class Spool:
         self._positions: dict[int, tuple[int, int]] = {}
         self._acked = AckedRanges()  # acknowledged beyond the cursor
         self._saved_acked = 0  # how many of them the saved cursor holds
+        self._saved_ranges = AckedRanges()  # and which
         self._cursor_seq = FIRST_SEQ
         self._cursor_hint = (FIRST_SEQ, FIRST_SEQ, fmt.SEGMENT_HEADER_SIZE)  # seq, segment, offset
         self._saved_cursor_seq = -1
@@ -391,7 +392,8 @@ class Spool:
     def _save_cursor(self, cursor: _CursorNow) -> int:
         saved, acked = cursor
         write_atomically(fmt.cursor_path(self.dir), fmt.encode_cursor(saved))
-        self._saved_cursor_seq, self._saved_acked = saved.next_seq, acked
+        self._saved_ranges = AckedRanges(saved.acked)  # (one reference swapped: the
+        self._saved_cursor_seq, self._saved_acked = saved.next_seq, acked  # loop reads it)
         return saved.next_seq
 
     def _drop_consumed(self, cursor_seq: int) -> None:
@@ -441,6 +443,11 @@ class Spool:
     def saved_cursor(self) -> int:
         """The cursor as last persisted: what a restart would start from."""
         return self._saved_cursor_seq
+
+    def consumed_durably(self, seq: int) -> bool:
+        """Whether a restart would not hand `seq` out again: it is behind the persisted
+        cursor, or acknowledged beyond it in the cursor file."""
+        return seq < self._saved_cursor_seq or seq in self._saved_ranges
 
     def status(self) -> SpoolStatus:
         stats = self.stats

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 from agent.config import SpoolConfig
-from agent.delivery.ledger import DELIVERED, DELIVERED_OLD, Ledger, read_deliveries
+from agent.delivery.ledger import (
+    DELIVERED,
+    DELIVERED_OLD,
+    REWRITE_AFTER,
+    Ledger,
+    read_deliveries,
+)
 from agent.delivery.rollup import Formation
 from agent.spool.format import segment_first_seq
+from agent.spool.side import SIDE_SEGMENT_BYTES
 
 
 def fields(n: int) -> dict[str, object]:
@@ -33,8 +41,33 @@ async def test_marks_survive_a_restart_and_are_forgotten_behind_the_cursor(tmp_p
     await again.start()
     assert again.maybe_sent == {1, 2, 3, 4}
     assert again.formed == {5: rollup, 6: rollup}
-    again.forget_through(4)  # records 1..3 are behind the persisted cursor
+    await again.forget(lambda seq: seq < 4)  # records 1..3 are behind the persisted cursor
     assert again.maybe_sent == {4}
+    await again.stop()
+
+
+async def test_a_mark_that_stays_is_written_again_so_the_marks_spool_stays_small(
+    tmp_path: Path,
+):
+    """One record that cannot leave, and 60,000 sends after it: without writing its mark
+    again at the tail, every marks segment after it would be kept (about 26 bytes a send,
+    64 MiB at 2.5 million sends, and then nothing could be marked, nor sent)."""
+    config = SpoolConfig(dir=str(tmp_path), min_free_bytes=0)
+    ledger = Ledger(config, 1 << 20)
+    await ledger.start()
+    await ledger.mark([1])
+    for first in range(2, 60_002, 100):
+        for seq in range(first, first + 100):
+            await ledger.mark([seq])
+        await ledger.forget(lambda seq: seq != 1)
+        await asyncio.sleep(0)  # the marks' cursor timer
+    await asyncio.sleep(0.1)
+    assert ledger.bytes_used < 2 * SIDE_SEGMENT_BYTES
+    await ledger.stop()
+    again = Ledger(config, 1 << 20)
+    await again.start()
+    assert 1 in again.maybe_sent  # the one still possibly sent, kept through each rewrite
+    assert len(again.maybe_sent) <= REWRITE_AFTER + 100  # consumed ones behind it, harmless
     await again.stop()
 
 
