@@ -305,9 +305,10 @@ class Spool:
     async def read(self, max_records: int, max_bytes: int = 1 << 30) -> list[Entry]:
         """Up to `max_records` durable entries not handed out before, in seq order."""
         async with self._reading:
-            while self._reader.seq < self._durable_seq:
+            while self._reader.seq < self._durable_seq:  # (past entries consumed before)
+                before = self._reader.seq
                 entries = self._read_once(max_records, max_bytes)
-                if entries:
+                if entries or self._reader.seq == before:
                     return entries
             return []
 
