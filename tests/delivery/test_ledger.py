@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from agent.config import SpoolConfig
 from agent.delivery.ledger import (
@@ -17,6 +20,8 @@ from agent.delivery.ledger import (
 from agent.delivery.rollup import Formation
 from agent.spool.format import segment_first_seq
 from agent.spool.side import SIDE_SEGMENT_BYTES
+from tests.conftest import mount_tmpfs
+from tests.integration.test_disk_full import fill_up
 
 
 def fields(n: int) -> dict[str, object]:
@@ -115,3 +120,28 @@ async def test_deliveries_are_not_written_into_the_reserve_kept_for_draining(tmp
     await ledger.stop()
     assert not (tmp_path / DELIVERED).exists()
     assert ledger.not_recorded == 1
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Iterator[Path]:
+    yield from mount_tmpfs(tmp_path / "volume", "4m")
+
+
+async def test_a_live_mark_that_cannot_be_written_again_is_kept_where_it_was(
+    volume: Path, caplog: pytest.LogCaptureFixture
+):
+    config = SpoolConfig(dir=str(volume), min_free_bytes=0)
+    ledger = Ledger(config, 1 << 20)
+    await ledger.start()
+    for seq in range(1, REWRITE_AFTER + 3):
+        await ledger.mark([seq])
+    ballast = fill_up(volume)  # the disk is full when mark 1 is due to be written again
+    await asyncio.sleep(0.15)  # (free space is read again at most every 0.1 s)
+    await ledger.forget(lambda seq: seq != 1)
+    assert "could not write old ledger marks again" in caplog.text
+    ballast.unlink()
+    await ledger.stop()  # the others' acknowledgements are saved
+    again = Ledger(config, 1 << 20)
+    await again.start()
+    assert again.maybe_sent == {1}  # mark 1 was not let go: its record may have been sent
+    await again.stop()
