@@ -5,6 +5,7 @@ before the agent answers, and read from, in order, by delivery.
 |---------------|-----------------------------------------------------------------------|
 | `format`      | the bytes on disk: frames, segment header, cursor file, paths         |
 | `spool`       | `Spool`: group-commit appends, ordered reads, out-of-order acks, cursor |
+| `acked`       | acknowledgements beyond the cursor, as ranges (kept in the cursor file) |
 | `writer`      | the active segment: write, sync, cut back, roll                       |
 | `reader`      | reading frames in order, quarantining damage                          |
 | `recovery`    | opening a directory: check, lock, list, recover the newest segment     |
@@ -19,7 +20,9 @@ Invariants (what the tests in `tests/spool/` hold the code to):
 2. A reader is handed only frames below the durable seq: never one whose appender was not
    answered yet, and each frame once per process.
 3. The cursor file is replaced atomically, only after the data it depends on is synced,
-   and never points past an entry that was not acknowledged. A failed save keeps the last.
+   and never points past an entry that was not acknowledged, nor lists one as
+   acknowledged beyond it. A failed save keeps the last. A seq it names as consumed is
+   never given to a new entry.
 4. A segment is deleted only when every frame in it is behind the *persisted* cursor.
 5. Only the newest segment may end in zeros or in a torn frame; a sealed segment ends at
    its last frame. Damage anywhere else is quarantined and counted, never skipped silently.
@@ -34,7 +37,8 @@ Threads (everything else runs on the event loop):
   the loop may read the list (`read`, `bytes_used`): a `list.pop(0)` is atomic under the
   GIL, and the segments it removes are wholly behind the persisted cursor, so no reader
   position, and no append, is in them. `SegmentWriter.lock` keeps the loop's inline writes
-  and this thread's syncs and rolls off the same fd at the same time.
+  and this thread's syncs and rolls off the same fd at the same time. The cursor it saves
+  is taken on the loop (acks change the acknowledged ranges there) and handed over whole.
 * **spool-spare** (one thread): zero-fills `segment.spare`; it touches only that file and
   its temporary, never the spool's state.
 """
