@@ -440,11 +440,6 @@ class Spool:
     def cursor(self) -> int:
         return self._cursor_seq
 
-    @property
-    def saved_cursor(self) -> int:
-        """The cursor as last persisted: what a restart would start from."""
-        return self._saved_cursor_seq
-
     def consumed_durably(self, seq: int) -> bool:
         """Whether a restart would not hand `seq` out again: it is behind the persisted
         cursor, or acknowledged beyond it in the cursor file."""
