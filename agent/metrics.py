@@ -286,6 +286,11 @@ class _SenderCollector(Collector):
                 "Deliveries not written to the deliveries file (disk full, write error).",
                 state.deliveries_not_recorded,
             ),
+            "usage_agent_records_given_back": (
+                "Records of parked or settling pairs given back to the spool, to be read "
+                "again when their pair is back.",
+                state.records_given_back,
+            ),
         }
         for name, (text, value) in counters.items():
             yield CounterMetricFamily(name, text, value=value)

@@ -1,10 +1,14 @@
 """Intake: entries from the spool into the lanes, a bounded window of them at a time.
 
 The intake holds at most `window` records that can be sent; the records of a lane held
-apart (parked, or settling) do not count, up to another `window` of them, so a parked
-customer never starves the rest and memory stays bounded. Records held for a retry's
-backoff count: during an outage the intake reads no further than its window. An entry
-that is not a readable record leaves at once through `Exits.unreadable`.
+apart (parked, or settling) do not count, up to another `window` of them. Beyond that,
+the records at the back of those lanes that were never sent are given back to the spool
+(`Spool.release`), and so is every later record of those lanes; once one of them has
+sent the records it kept (its pair is back), the spool reads again from the first record
+given back (`Spool.rewind`), in order. So a parked customer never starves the rest, whatever its
+backlog, and memory stays bounded. Records held for a retry's backoff count: during an
+outage the intake reads no further than its window. An entry that is not a readable
+record leaves at once through `Exits.unreadable`.
 
 With rollups (`agent.delivery.rollup`), the records of rolled-up dimensions go to their
 groups instead, and a closed group's rollup enters a lane (the sender writes its formation
@@ -19,13 +23,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final, Protocol
 
 from agent.config import UpstreamConfig
 from agent.delivery.exits import Exits
 from agent.delivery.item import Item, item_of, rollup_item
-from agent.delivery.lanes import Lanes
+from agent.delivery.lanes import LaneKey, Lanes
 from agent.delivery.recheck import Resolver
 from agent.delivery.rollup import Formation, Rollups
 from agent.delivery.wakeup import Wakeup
@@ -51,6 +55,10 @@ class SpoolOut(Protocol):
     async def wait_for_data(self, timeout: float) -> None: ...
 
     def ack(self, seqs: Sequence[int]) -> None: ...
+
+    def release(self, seqs: Iterable[int]) -> None: ...
+
+    def rewind(self) -> None: ...
 
 
 class Intake:
@@ -89,6 +97,8 @@ class Intake:
         self._rollups = rollups
         self._formed = formed if formed is not None else {}
         self._brought_back: set[str] = set()  # rollups formed before the restart, in lanes
+        self._given_back: set[LaneKey] = set()  # lanes whose later records go back too
+        self.records_given_back = 0
 
     def stop(self) -> None:
         self._stopping = True
@@ -99,8 +109,12 @@ class Intake:
             now = self._clock()
             if self._rollups is not None:
                 self._form(self._rollups, now)
-            apart = min(self._window, self._lanes.held_apart(now))
-            room = self._window - (self._lanes.buffered - apart)
+            apart = self._lanes.held_apart(now)
+            if self._given_back:
+                self._rewind_if_free()
+            if apart > self._window:
+                apart -= self._give_back(now)
+            room = self._window - (self._lanes.buffered - min(self._window, apart))
             if self._rollups is not None and self._rollups.waiting_for_catalog:
                 await asyncio.sleep(CATALOG_POLL_S)
                 continue
@@ -150,6 +164,10 @@ class Intake:
             )
         except (ValueError, KeyError, TypeError) as exc:  # not a record we can send
             return exc
+        if self._given_back and key in self._given_back:  # its lane's others wait in the
+            self._spool.release((seq,))  # spool: so does it, to keep their order
+            self.records_given_back += 1
+            return None
         if unknown:
             self._possibly_sent(item, now)
         self._lanes.add(key, item, now)
@@ -158,6 +176,33 @@ class Intake:
     def _possibly_sent(self, item: Item, now: float) -> None:
         item.unknown_since, item.marked = now, True
         self._exits.undecided.add(item.id)
+
+    # --- lanes held apart beyond the window ---------------------------------------------
+
+    def _give_back(self, now: float) -> int:
+        """The never-sent records at the back of the lanes held apart, back to the spool:
+        how many."""
+        given = self._lanes.give_back(now, _never_sent)
+        seqs = [item.seq for items in given.values() for item in items]
+        self._spool.release(seqs)
+        self._given_back.update(given)
+        self.records_given_back += len(seqs)
+        if seqs:
+            log.info(
+                "%d records of %d lanes held apart (parked or settling) given back to the "
+                "spool, to be read again when their lane is free",
+                len(seqs),
+                len(given),
+            )
+        return len(seqs)
+
+    def _rewind_if_free(self) -> None:
+        """Once a lane that gave records back has sent what it kept (its pair is back),
+        read them again. (The other lanes' too: one still held gives them back again.)"""
+        if all(self._lanes.holds(key) for key in self._given_back):
+            return
+        self._given_back.clear()
+        self._spool.rewind()
 
     # --- rollups ----------------------------------------------------------------------------
 
@@ -191,6 +236,17 @@ class Intake:
         closes, and at most `MAX_WAIT_S`."""
         rollup_s = self._rollups.next_due_s() if self._rollups is not None else MAX_WAIT_S
         return max(0.0, min(MAX_WAIT_S, rollup_s))
+
+
+def _never_sent(item: Item) -> bool:
+    """A record that can go back to the spool: one of its own, never sent, nothing known of
+    it that the spool does not keep."""
+    return (
+        item.attempts == 0
+        and not item.marked
+        and item.unknown_since is None
+        and (item.rollup is None)
+    )
 
 
 def rolled_up(

@@ -8,7 +8,9 @@ pair never holds up the rest. A lane can be *held* until a given time, its recor
 while the others flow: for a retry's backoff; and *apart*, when its records wait for a
 reason of their own and must not take the others' place in the intake's window: *parked*
 when the upstream said 404 for its customer or dimension, or while a record's unknown
-outcome settles before it can be checked.
+outcome settles before it can be checked. The records at the back of lanes held apart can
+be given back (`give_back`): the intake hands them to the spool, to read again later, when
+they would fill its window.
 
 Pure bookkeeping: no I/O, no clock of its own (times are passed in).
 """
@@ -162,6 +164,28 @@ class Lanes(Generic[T]):
         return sum(
             len(lane.items) for lane in self._held.values() if lane.apart and lane.held_until > now
         )
+
+    def holds(self, key: LaneKey) -> bool:
+        """Whether the lane has items, waiting or in flight."""
+        lane = self._lanes.get(key)
+        return lane is not None and (bool(lane.items) or lane.in_flight > 0)
+
+    def give_back(self, now: float, can_go: Callable[[T], bool]) -> dict[LaneKey, list[T]]:
+        """Take out the items at the back of every lane held apart, as far back as
+        `can_go` allows and never the first (the lane stays until it is sent): by lane,
+        in lane order."""
+        given: dict[LaneKey, list[T]] = {}
+        for key, lane in self._held.items():
+            if not (lane.apart and lane.held_until > now):
+                continue
+            items: list[T] = []
+            while len(lane.items) > 1 and can_go(lane.items[-1]):
+                items.append(lane.items.pop())
+            if items:
+                items.reverse()
+                given[key] = items
+                self.buffered -= len(items)
+        return given
 
     def _offer(self, lane: Lane[T], now: float, *, force: bool = False) -> None:
         if not lane.queued and (force or lane.eligible(now)):

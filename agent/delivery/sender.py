@@ -471,4 +471,5 @@ class Sender:
             deliveries_not_recorded=self._ledger.not_recorded,
             last_result=self._last,
             rollup=self._rollups.status if self._rollups is not None else None,
+            records_given_back=self._intake.records_given_back,
         )

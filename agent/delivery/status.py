@@ -33,6 +33,7 @@ class DeliveryStatus:
     deliveries_not_recorded: int
     last_result: LastResult | None
     rollup: RollupStatus | None = None
+    records_given_back: int = 0  # by lanes held apart, to be read again (`intake`)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -53,4 +54,5 @@ class DeliveryStatus:
             "deliveries_not_recorded": self.deliveries_not_recorded,
             "last_result": None if self.last_result is None else asdict(self.last_result),
             "rollup": None if self.rollup is None else self.rollup.as_dict(),
+            "records_given_back": self.records_given_back,
         }

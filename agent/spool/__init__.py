@@ -7,7 +7,7 @@ before the agent answers, and read from, in order, by delivery.
 | `spool`       | `Spool`: group-commit appends, ordered reads, out-of-order acks, cursor |
 | `acked`       | acknowledgements beyond the cursor, as ranges (kept in the cursor file) |
 | `writer`      | the active segment: write, sync, cut back, roll                       |
-| `reader`      | reading frames in order, quarantining damage                          |
+| `reader`      | reading frames in order (again after a rewind), quarantining damage   |
 | `recovery`    | opening a directory: check, lock, list, recover the newest segment     |
 | `segments`    | segment files: made from a zero-filled spare, sealed to their frames  |
 | `space`       | room on disk: `spool.max_bytes`, `spool.min_free_bytes`, readiness    |
@@ -18,7 +18,8 @@ Invariants (what the tests in `tests/spool/` hold the code to):
 1. An appender's awaitable completes only once its frames are written (and, with
    `fsync = "always"`, synced); an append is all or nothing, a failed write is cut back.
 2. A reader is handed only frames below the durable seq: never one whose appender was not
-   answered yet, and each frame once per process.
+   answered yet, and each frame once per process, unless the reader gave it back
+   (`release`) unacknowledged: then once more after a `rewind`.
 3. The cursor file is replaced atomically, only after the data it depends on is synced,
    and never points past an entry that was not acknowledged, nor lists one as
    acknowledged beyond it. A failed save keeps the last. A seq it names as consumed is

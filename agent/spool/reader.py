@@ -3,7 +3,9 @@
 The reader runs on the event loop and sees only what the spool tells it is durable
 (`ReadView`). A damaged frame is copied to `quarantine/`, its sequence numbers are
 reported as lost, and reading resumes at the next valid frame. A segment that vanished is
-taken as consumed.
+taken as consumed. The reader can be moved back (`rewind`) to read again entries it handed
+out and that were given back; damage it read past before is not quarantined or counted a
+second time.
 """
 
 from __future__ import annotations
@@ -104,8 +106,20 @@ class SpoolReader:
         self.seq = seq
         self.segment = segment
         self.offset = offset
+        self.furthest = seq  # where reading had got to: below it, entries are read again
         self._buf = b""
         self._buf_base = offset  # file offset of _buf[0]
+
+    @property
+    def again(self) -> bool:
+        """Whether the reader is reading again what it read before a rewind."""
+        return self.seq < self.furthest
+
+    def rewind(self, seq: int, segment: int, offset: int) -> None:
+        """Read again from entry `seq`, whose frame starts at `offset` in `segment`."""
+        self.furthest = max(self.furthest, self.seq)
+        self.seq, self.segment, self.offset = seq, segment, offset
+        self._buf, self._buf_base = b"", offset
 
     def read(self, view: ReadView, max_records: int, max_bytes: int) -> ReadResult:
         entries: list[Entry] = []
@@ -136,8 +150,9 @@ class SpoolReader:
             taken += len(frame.payload)
             self.seq = frame.seq + 1
             self.offset = end
-        if lost:
-            self.stats.lost_records += len(lost)
+        new_losses = sum(1 for seq in lost if seq >= self.furthest)
+        if new_losses:
+            self.stats.lost_records += new_losses
             save_lost(self.dir, self.stats)
         return ReadResult(entries, lost, positions)
 
@@ -188,7 +203,8 @@ class SpoolReader:
             nxt = fmt.next_valid_frame(self._buf, 0)  # _fill put self.offset at _buf[0]
             if nxt is None:
                 return None
-            quarantine(self.dir, self.stats, self.segment, self.offset, self._buf[:nxt])
+            if not self.again:
+                quarantine(self.dir, self.stats, self.segment, self.offset, self._buf[:nxt])
             self.offset = self._buf_base + nxt
 
     def _fill(self, limit: int | None, chunk: int | None) -> bool:
@@ -214,7 +230,7 @@ class SpoolReader:
         """A sealed segment ends in damage (or is gone): keep the bytes, count its
         remaining seqs as lost, and move to the segment starting at `following`."""
         rest = self._buf[self.offset - self._buf_base :]
-        if rest:
+        if rest and not self.again:
             quarantine(self.dir, self.stats, self.segment, self.offset, rest)
         lost.extend(range(self.seq, following))
         self.seq = max(self.seq, following)

@@ -18,6 +18,10 @@ The byte layout is in `agent.spool.format`. This module is the behaviour:
 * **Read** (`read`): entries are handed out once each, in sequence order, and only when
   they are acknowledged to their appender (durable). Damaged frames found on the way are
   copied to `quarantine/`, their sequence numbers are counted as lost and skipped.
+* **Give back** (`release`, `rewind`): entries handed out and not acknowledged can be given
+  back (a reader that cannot hold them: the records of a parked pair beyond its window);
+  `rewind` moves reading back to the first of them, and what is read again is handed out
+  only if it is neither acknowledged nor still handed out.
 * **Ack** (`ack`): entries may be acknowledged in any order; the cursor advances over the
   contiguous acknowledged prefix and is persisted atomically every `cursor_interval_ms`,
   after the data it depends on is synced. Segments wholly behind a durable cursor are
@@ -127,7 +131,8 @@ class Spool:
         self._data = asyncio.Event()
         self._reader = SpoolReader(self.dir, self.stats, FIRST_SEQ, FIRST_SEQ, 0)
         self._reading = asyncio.Lock()
-        self._positions: dict[int, tuple[int, int]] = {}
+        self._positions: dict[int, tuple[int, int]] = {}  # handed out, not acknowledged
+        self._given_back: tuple[int, int, int] | None = None  # the first: seq, segment, offset
         self._acked = AckedRanges()  # acknowledged beyond the cursor
         self._saved_acked = 0  # how many of them the saved cursor holds
         self._saved_ranges = AckedRanges()  # and which
@@ -303,13 +308,15 @@ class Spool:
     # --- reading and acknowledging --------------------------------------------------------
 
     async def read(self, max_records: int, max_bytes: int = 1 << 30) -> list[Entry]:
-        """Up to `max_records` durable entries not handed out before, in seq order."""
+        """Up to `max_records` durable entries not handed out before (or given back since),
+        in seq order."""
         async with self._reading:
             while self._reader.seq < self._durable_seq:  # (past entries consumed before)
                 before = self._reader.seq
                 entries = self._read_once(max_records, max_bytes)
                 if entries or self._reader.seq == before:
                     return entries
+                await asyncio.sleep(0)  # (a long stretch of them: let the loop run)
             return []
 
     def _read_once(self, max_records: int, max_bytes: int) -> list[Entry]:
@@ -320,15 +327,37 @@ class Spool:
         # or read ahead by the kernel), a thread hop costs more than the read, and
         # decoding in a second thread only contends for the GIL (measured: 40 % more
         # drain throughput inline). One call reads at most READ_CHUNK from the file.
+        again = self._reader.again
         result = self._reader.read(view, max_records, max_bytes)
         entries, positions = result.entries, result.positions
-        if self._acked:  # consumed out of order before a restart: not handed out again
+        if again:  # after a rewind: only what was given back
+            out, acked = self._positions, self._acked
+            entries = [e for e in entries if e.seq not in out and e.seq not in acked]
+            positions = {e.seq: positions[e.seq] for e in entries if e.seq in positions}
+        elif self._acked:  # consumed out of order before a restart: not handed out again
             entries = [e for e in entries if e.seq not in self._acked]
             positions = {e.seq: positions[e.seq] for e in entries if e.seq in positions}
         self._positions.update(positions)
         if result.lost:
             self.ack(result.lost)
         return entries
+
+    def release(self, seqs: Iterable[int]) -> None:
+        """Entries handed out that the reader gives back unprocessed: `rewind` hands them
+        out again. (Not acknowledged, they are handed out again after a restart too.)"""
+        first = self._given_back
+        for seq in seqs:
+            where = self._positions.pop(seq, None)
+            if where is not None and (first is None or seq < first[0]):
+                first = (seq, *where)
+        self._given_back = first
+
+    def rewind(self) -> None:
+        """Read again from the first entry given back (nothing when none was)."""
+        if self._given_back is not None:
+            if self._given_back[0] < self._reader.seq:
+                self._reader.rewind(*self._given_back)
+            self._given_back = None
 
     async def wait_for_data(self, timeout: float) -> None:
         """Return when entries not yet handed out may be there, or after `timeout`."""

@@ -94,6 +94,21 @@ async def test_damage_in_a_sealed_segment_is_found_by_the_reader_not_at_open(tmp
     again.close_sync()
 
 
+async def test_damage_read_again_after_a_rewind_is_not_quarantined_or_counted_twice(
+    tmp_path: Path,
+):
+    spool = await open_sample("bit-flip-in-sealed-segment", tmp_path)
+    entries = await spool.read(1000)
+    assert [e.seq for e in entries] == [1, 2, *range(4, 16)]
+    spool.ack([e.seq for e in entries if e.seq != 2])
+    spool.release([2])  # given back: reading goes back over the damaged frame 3
+    spool.rewind()
+    assert [e.seq for e in await spool.read(1000)] == [2]
+    assert (spool.stats.lost_records, spool.stats.damage_events) == (1, 1)
+    assert len(quarantined(spool)) == 1
+    await spool.close()
+
+
 async def test_a_sealed_segment_that_ends_mid_frame_loses_only_the_cut_frames(tmp_path: Path):
     spool = await open_sample("torn-sealed-segment", tmp_path)
     assert await read_all(spool) == expected([*range(1, 9), *range(11, 16)])

@@ -90,6 +90,42 @@ async def test_only_unacknowledged_entries_are_handed_out_again_after_a_reopen(
     assert await again.append([b"new"]) == range(11, 12)
 
 
+async def test_entries_given_back_are_handed_out_again_after_a_rewind_and_nothing_else_is(
+    open_spool: SpoolFactory,
+):
+    spool = await open_spool()
+    await spool.append([b"%d" % i for i in range(1, 21)])
+    assert [e.seq for e in await spool.read(12)] == list(range(1, 13))
+    spool.ack([1, 2, 5, 6])
+    spool.release([4, 9, 10])  # given back; 3, 7, 8, 11 and 12 are still handed out
+    spool.rewind()
+    again = await spool.read(100)
+    assert [(e.seq, e.payload) for e in again] == [
+        (4, b"4"),
+        (9, b"9"),
+        (10, b"10"),
+        *((seq, b"%d" % seq) for seq in range(13, 21)),
+    ]
+    assert await spool.read(100) == []
+    spool.rewind()  # nothing given back since: reading stays where it is
+    assert await spool.read(100) == []
+    spool.ack(range(3, 21))
+    assert spool.cursor == 21 and spool.backlog == 0
+
+
+async def test_entries_given_back_and_not_acknowledged_are_handed_out_after_a_reopen(
+    open_spool: SpoolFactory,
+):
+    spool = await open_spool()
+    await spool.append([b"%d" % i for i in range(1, 11)])
+    await spool.read(10)
+    spool.release([3, 4])
+    spool.ack([1, 2, 5, 6, 7, 8, 9, 10])
+    await spool.close()
+    again = await open_spool()
+    assert [e.seq for e in await again.read(100)] == [3, 4]
+
+
 async def test_acknowledgements_beyond_the_cursor_cost_memory_per_gap_not_per_record(
     open_spool: SpoolFactory,
 ):
