@@ -111,8 +111,8 @@ class Ledger:
         marks += [_Mark(0, formation.seqs, formation) for formation in formations]
         await self._write_marks(marks)
 
-    async def forget(self, consumed: Callable[[int], bool]) -> None:
-        """Drop the marks whose records are all `consumed` (by the usage spool's persisted
+    async def forget(self, consumed: Callable[[Sequence[int]], bool]) -> None:
+        """Drop the marks whose records are `consumed` (by the usage spool's persisted
         cursor: a restart would not read them again), and write again at the tail the
         oldest marks that are still live (see the module's docstring)."""
         done: list[int] = []
@@ -120,7 +120,7 @@ class Ledger:
         newest = self._marked[-1].seq if self._marked else 0
         while self._marked:
             head = self._marked[0]
-            if all(consumed(seq) for seq in head.seqs):
+            if consumed(head.seqs):
                 done.append(self._marked.popleft().seq)
             elif newest - head.seq > REWRITE_AFTER:
                 again.append(self._marked.popleft())
@@ -137,7 +137,7 @@ class Ledger:
                 done += old
         if done:
             self._marks.ack(done)
-            self.maybe_sent = {seq for seq in self.maybe_sent if not consumed(seq)}
+            self.maybe_sent = {seq for seq in self.maybe_sent if not consumed((seq,))}
 
     async def _write_marks(self, marks: list[_Mark]) -> None:
         """Write `marks` (durably: the side spool fsyncs) and remember them, with their new

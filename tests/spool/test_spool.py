@@ -90,6 +90,20 @@ async def test_only_unacknowledged_entries_are_handed_out_again_after_a_reopen(
     assert await again.append([b"new"]) == range(11, 12)
 
 
+async def test_consumed_durably_means_a_restart_would_hand_none_of_them_out_again(
+    open_spool: SpoolFactory,
+):
+    spool = await open_spool()
+    await spool.append([b"r"] * 10)
+    await spool.read(10)
+    spool.ack([1, 2, 3, 5, 6, 9])
+    assert not spool.consumed_durably([1])  # acknowledged, but the cursor is not saved yet
+    await spool.close()  # (saves it)
+    assert spool.consumed_durably([1, 2, 3]) and spool.consumed_durably([6, 5, 9])
+    assert not spool.consumed_durably([3, 4]) and not spool.consumed_durably([9, 10])
+    assert spool.consumed_durably([])
+
+
 async def test_entries_given_back_are_handed_out_again_after_a_rewind_and_nothing_else_is(
     open_spool: SpoolFactory,
 ):
