@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -27,7 +27,7 @@ LaneKey = tuple[str, str, bool]  # customerId, dimensionId, ordered
 T = TypeVar("T")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Lane(Generic[T]):
     key: LaneKey
     items: deque[T] = field(default_factory=deque)
@@ -36,10 +36,10 @@ class Lane(Generic[T]):
     parked: bool = False  # held because the upstream does not know the pair (404)
     apart: bool = False  # held for a reason of its own records (parked, settling)
     queued: bool = False  # in the round-robin queue
+    ordered: bool = field(init=False)  # (key[2], kept apart: it is asked for every record)
 
-    @property
-    def ordered(self) -> bool:
-        return self.key[2]
+    def __post_init__(self) -> None:
+        self.ordered = self.key[2]
 
     def eligible(self, now: float) -> bool:
         if not self.items or now < self.held_until:
@@ -65,7 +65,9 @@ class Lanes(Generic[T]):
             lane = self._lanes[key] = Lane(key)
         lane.items.append(item)
         self.buffered += 1
-        self._offer(lane, now)
+        if not lane.queued and lane.eligible(now):  # (`_offer`, inline: every record)
+            lane.queued = True
+            self._ready.append(lane)
 
     def take(self, now: float, *, unordered_only: bool = False) -> tuple[Lane[T], T] | None:
         """The next item to send, from the next eligible lane in turn; None when none is."""
@@ -79,7 +81,9 @@ class Lanes(Generic[T]):
                 continue
             item = lane.items.popleft()
             lane.in_flight += 1
-            self._offer(lane, now)
+            if lane.items and not lane.ordered:  # (`_offer`: it was eligible just now)
+                lane.queued = True
+                self._ready.append(lane)
             return lane, item
         return None
 
@@ -112,11 +116,18 @@ class Lanes(Generic[T]):
 
     def done(self, lane: Lane[T], now: float) -> None:
         """The item taken from `lane` is finished (delivered or dead-lettered)."""
-        lane.in_flight -= 1
-        self.buffered -= 1
-        self._offer(lane, now)
-        if not lane.items and lane.in_flight == 0:
-            self._lanes.pop(lane.key, None)
+        self.done_all([lane], now)
+
+    def done_all(self, lanes: Iterable[Lane[T]], now: float) -> None:
+        """`done` for an item taken from each of `lanes` (a batch's, in one call)."""
+        for lane in lanes:
+            lane.in_flight -= 1
+            self.buffered -= 1
+            if not lane.queued and lane.eligible(now):
+                lane.queued = True
+                self._ready.append(lane)
+            if not lane.items and lane.in_flight == 0:
+                self._lanes.pop(lane.key, None)
 
     def put_back(
         self,

@@ -302,7 +302,7 @@ class Sender:
         items = [item for _, item in batch]
         invoice = items[0].envelope.invoice
         is_array = self._config.mode == "array" and len(items) > 1  # one goes as Paigo's own
-        body = b"[" + b",".join(i.body for i in items) + b"]" if is_array else items[0].body
+        body = b"[" + b",".join([i.body for i in items]) + b"]" if is_array else items[0].body
         started = time.perf_counter()
         reply = await self._uplink.post(body, token, invoice, array=is_array)
         seconds = time.perf_counter() - started
@@ -316,10 +316,7 @@ class Sender:
         if statuses is None:
             await self._settle(batch, reply, token, ticket, token_refreshed)
             return
-        by_status: dict[int, Taken] = {}
-        for pair, status in zip(batch, statuses, strict=True):
-            by_status.setdefault(status, []).append(pair)
-        for status, pairs in by_status.items():
+        for status, pairs in _by_status(batch, statuses).items():
             if 200 <= status < 300:
                 await self._settle(pairs, reply, token, ticket, token_refreshed)
                 continue
@@ -403,10 +400,9 @@ class Sender:
 
     def _done(self, batch: Taken) -> None:
         """The records have left: their lanes let the next ones go."""
-        now = self._clock()
-        for lane, item in batch:
+        for _, item in batch:
             item.held = False
-            self._lanes.done(lane, now)
+        self._lanes.done_all([lane for lane, _ in batch], self._clock())
 
     def _retry_later(self, batch: Taken) -> None:
         """A send that failed: its records wait out their own backoff, growing with their
@@ -473,3 +469,13 @@ class Sender:
             rollup=self._rollups.status if self._rollups is not None else None,
             records_given_back=self._intake.records_given_back,
         )
+
+
+def _by_status(batch: Taken, statuses: list[int]) -> dict[int, Taken]:
+    """The records of an array answered per record, by the status each got."""
+    if len(set(statuses)) == 1:  # (the common case, at C speed: one answer for all)
+        return {statuses[0]: batch}
+    grouped: dict[int, Taken] = {}
+    for pair, status in zip(batch, statuses, strict=True):
+        grouped.setdefault(status, []).append(pair)
+    return grouped

@@ -9,7 +9,7 @@ can carry them (`Cursor.acked`), so a restart does not hand them out again.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class AckedRanges:
@@ -58,6 +58,44 @@ class AckedRanges:
             starts.insert(index + 1, seq)
             ends.insert(index + 1, seq + 1)
         self.count += 1
+
+    def add_all(self, seqs: Iterable[int]) -> None:
+        """`add` each of `seqs`: a run of consecutive seqs at a time (a batch's are mostly
+        one run)."""
+        ordered = sorted(seqs)
+        start, count = 0, len(ordered)
+        for index in range(1, count + 1):
+            if index == count or ordered[index] != ordered[index - 1] + 1:
+                self._add_range(ordered[start], ordered[index - 1] + 1)
+                start = index
+
+    def _add_range(self, start: int, end: int) -> None:
+        starts, ends = self._starts, self._ends
+        if not ends or start > ends[-1]:  # the common case: beyond the highest range
+            starts.append(start)
+            ends.append(end)
+            self.count += end - start
+            return
+        low = bisect.bisect_left(ends, start)  # the first range that reaches `start`
+        high = bisect.bisect_right(starts, end)  # past the last one that `end` reaches
+        if low < high:  # they merge into one
+            held = sum(ends[i] - starts[i] for i in range(low, high))
+            start, end = min(start, starts[low]), max(end, ends[high - 1])
+        else:
+            held = 0
+        starts[low:high] = [start]
+        ends[low:high] = [end]
+        self.count += end - start - held
+
+    def holds_all(self, seqs: Sequence[int]) -> bool:
+        """Whether every one of `seqs` is held (at once when one range spans them all)."""
+        if not seqs:
+            return True
+        low, high = min(seqs), max(seqs)
+        index = bisect.bisect_right(self._starts, low) - 1
+        if index >= 0 and high < self._ends[index]:
+            return True
+        return all(seq in self for seq in seqs)
 
     def take_from(self, cursor: int) -> int:
         """Where the cursor goes from `cursor` over the ranges that start there (dropped);

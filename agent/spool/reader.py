@@ -172,10 +172,11 @@ class SpoolReader:
         for payload in payloads:
             if taken >= budget:
                 break
+            size = len(payload)
             positions[seq] = (segment, offset)
             entries.append(Entry(seq, payload))
-            offset += fmt.FRAME_HEADER_SIZE + len(payload)
-            taken += len(payload)
+            offset += fmt.FRAME_HEADER_SIZE + size
+            taken += size
             seq += 1
         self.seq, self.offset = seq, offset
         return taken

@@ -375,10 +375,10 @@ class Spool:
         what is acknowledged beyond it is kept as ranges (both persisted by the cursor
         timer); acks of unknown seqs are ignored."""
         acked, positions, cursor = self._acked, self._positions, self._cursor_seq
-        for seq in seqs:
-            if seq >= cursor:
-                acked.add(seq)
-                positions.pop(seq, None)  # (kept only for what is read and not acknowledged)
+        fresh = [seq for seq in seqs if seq >= cursor]
+        for seq in fresh:
+            positions.pop(seq, None)  # (kept only for what is read and not acknowledged)
+        acked.add_all(fresh)
         cursor = acked.take_from(cursor)
         if cursor != self._cursor_seq:
             self._cursor_seq = cursor
@@ -474,10 +474,10 @@ class Spool:
     def consumed_durably(self, seqs: Sequence[int]) -> bool:
         """Whether a restart would hand none of `seqs` out again: each is behind the
         persisted cursor, or acknowledged beyond it in the cursor file."""
-        cursor, ranges = self._saved_cursor_seq, self._saved_ranges
+        cursor = self._saved_cursor_seq
         if max(seqs, default=0) < cursor:  # (the common case, at C speed)
             return True
-        return all(seq < cursor or seq in ranges for seq in seqs)
+        return self._saved_ranges.holds_all([seq for seq in seqs if seq >= cursor])
 
     def status(self) -> SpoolStatus:
         stats = self.stats

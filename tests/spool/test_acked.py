@@ -53,3 +53,24 @@ def test_random_acknowledgements_agree_with_a_set():
         assert acked.take_from(before) == cursor
         assert len(acked) == len(plain)
         assert all(s in acked for s in plain) and cursor not in acked
+
+
+def test_batches_added_at_once_agree_with_a_set():
+    rng = random.Random(11)
+    acked, plain = AckedRanges(), set[int]()
+    for _ in range(2000):
+        start = rng.randrange(3000)
+        batch = [start + n for n in range(rng.randrange(1, 40)) if rng.random() < 0.8]
+        batch += [rng.randrange(3000) for _ in range(rng.randrange(3))]  # strays, repeats
+        acked.add_all(batch)
+        plain.update(batch)
+        assert len(acked) == len(plain)
+        for low, high in acked.ranges(10_000):  # apart, never touching
+            assert all(seq in plain for seq in range(low, high))
+            assert low - 1 not in plain and high not in plain
+
+
+def test_holds_all_is_true_only_when_every_seq_is_held():
+    acked = AckedRanges([(10, 20), (30, 40)])
+    assert acked.holds_all([12, 19, 10]) and acked.holds_all([31, 15]) and acked.holds_all([])
+    assert not acked.holds_all([12, 20]) and not acked.holds_all([25]) and not acked.holds_all([9])
