@@ -5,7 +5,7 @@ before the agent answers, and read from, in order, by delivery.
 |---------------|-----------------------------------------------------------------------|
 | `format`      | the bytes on disk: frames, segment header, cursor file, paths         |
 | `spool`       | `Spool`: group-commit appends, ordered reads, out-of-order acks, cursor |
-| `acked`       | acknowledgements beyond the cursor, as ranges (kept in the cursor file) |
+| `acked`       | acknowledgements beyond the cursor: a bitmap, ranges in the cursor file |
 | `writer`      | the active segment: write, sync, cut back, roll                       |
 | `reader`      | reading frames in order (again after a rewind), quarantining damage   |
 | `recovery`    | opening a directory: check, lock, list, recover the newest segment     |

@@ -1,23 +1,176 @@
-"""Acknowledged seqs beyond the cursor, as sorted half-open ranges.
+"""Acknowledged seqs beyond the cursor: live as a bitmap, saved as ranges.
 
 The cursor is the end of the contiguous acknowledged prefix. Records acknowledged after a
-record that has not been (one parked, or failed again and again while the rest flow) sit
-beyond it. Kept as ranges, they cost memory per gap, not per record, and the cursor file
-can carry them (`Cursor.acked`), so a restart does not hand them out again.
+record that has not been (one parked, or failed again and again while the rest flow, or a
+rollup's members, every few hundredth seq, acknowledged together) sit beyond it. The
+cursor file carries them as sorted half-open ranges (`Cursor.acked`), so a restart does
+not hand them out again.
+
+* `Acked`, the spool's live set: one bit per seq from just below the cursor to the highest
+  acknowledged. Adding, asking and moving the cursor cost the same however the seqs are
+  spread (a sorted list of ranges cost an insertion, a copy of the list's tail, for every
+  isolated seq: 3 to 4 µs a record acknowledging rollups). Memory is one bit per record
+  the spool holds beyond the cursor, at most an eighth of a byte per record on disk.
+* `AckedRanges`, the ranges as a cursor file holds them (at most a few thousand): asked,
+  never changed.
 """
 
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Iterable, Sequence
+from typing import Final
+
+_NOT_FULL: Final = re.compile(rb"[^\xff]")
+_HELD: Final = re.compile(rb"\xff+|[^\x00\xff]")  # a run of full bytes, or one partial byte
+
+
+def _runs_in(byte: int) -> tuple[tuple[int, int], ...]:
+    """The runs of set bits in `byte`, as [low, high) bit offsets, lowest first."""
+    runs, start = [], None
+    for bit in range(9):
+        held = bit < 8 and byte >> bit & 1
+        if held and start is None:
+            start = bit
+        elif not held and start is not None:
+            runs.append((start, bit))
+            start = None
+    return tuple(runs)
+
+
+_RUNS_IN: Final = tuple(_runs_in(byte) for byte in range(256))
+
+
+def _popcount(data: bytes | bytearray) -> int:
+    return int.from_bytes(data, "little").bit_count()
+
+
+class Acked:
+    """Seqs acknowledged beyond the cursor: bit n of `_bits` is seq `_base + n`."""
+
+    def __init__(self, ranges: Iterable[tuple[int, int]] = ()) -> None:
+        self._base = 0  # a multiple of 8
+        self._bits = bytearray()
+        self.count = 0  # seqs held
+        for start, end in ranges:
+            if end > start:
+                self._set_range(start, end)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __contains__(self, seq: int) -> bool:
+        offset = seq - self._base
+        bits = self._bits
+        return 0 <= offset < len(bits) << 3 and bool(bits[offset >> 3] >> (offset & 7) & 1)
+
+    def add(self, seq: int) -> None:
+        offset = seq - self._base
+        if not (self.count and 0 <= offset < len(self._bits) << 3):
+            offset = self._room_for(seq, seq + 1)
+        index, mask = offset >> 3, 1 << (offset & 7)
+        if not self._bits[index] & mask:
+            self._bits[index] |= mask
+            self.count += 1
+
+    def add_all(self, seqs: Iterable[int]) -> None:
+        """`add` each of `seqs`: a run of consecutive seqs at a time."""
+        ordered = sorted(seqs)
+        start, count = 0, len(ordered)
+        for index in range(1, count + 1):
+            if index == count or ordered[index] != ordered[index - 1] + 1:
+                if index - start == 1:
+                    self.add(ordered[start])
+                else:
+                    self._set_range(ordered[start], ordered[index - 1] + 1)
+                start = index
+
+    def take_from(self, cursor: int) -> int:
+        """Where the cursor goes from `cursor` over the seqs held from there on; `cursor`
+        itself when it is not held. Everything below the cursor returned is dropped."""
+        if cursor in self:
+            bits, offset = self._bits, cursor - self._base
+            index = offset >> 3
+            byte = bits[index] | ((1 << (offset & 7)) - 1)  # (as if those below were held)
+            if byte == 0xFF:
+                found = _NOT_FULL.search(bits, index + 1)
+                index = found.start() if found else len(bits)
+                byte = bits[index] if index < len(bits) else 0
+            trailing = (~byte & (byte + 1)).bit_length() - 1  # the held bits below a gap
+            cursor = self._base + (index << 3) + trailing
+        self._drop_below(cursor)
+        return cursor
+
+    def ranges(self, limit: int) -> list[tuple[int, int]]:
+        """The first `limit` ranges [start, end) held, lowest first."""
+        found: list[tuple[int, int]] = []
+        start = end = -1
+        for match in _HELD.finditer(self._bits):
+            at = self._base + (match.start() << 3)
+            runs = ((0, (match.end() - match.start()) << 3),) if match.group()[0] == 0xFF else ()
+            for low, high in runs or _RUNS_IN[match.group()[0]]:
+                if at + low == end:
+                    end = at + high
+                    continue
+                if end >= 0:
+                    found.append((start, end))
+                    if len(found) == limit:
+                        return found
+                start, end = at + low, at + high
+        if end >= 0 and len(found) < limit:
+            found.append((start, end))
+        return found
+
+    def _set_range(self, start: int, end: int) -> None:
+        low = self._room_for(start, end)
+        high = low + end - start
+        first, last = low >> 3, (high - 1) >> 3
+        bits = self._bits
+        before = _popcount(bits[first : last + 1])
+        if first == last:
+            bits[first] |= ((1 << (high - low)) - 1) << (low & 7)
+        else:
+            bits[first] |= (0xFF << (low & 7)) & 0xFF
+            bits[first + 1 : last] = b"\xff" * (last - first - 1)
+            bits[last] |= (1 << ((high - 1 & 7) + 1)) - 1
+        self.count += _popcount(bits[first : last + 1]) - before
+
+    def _room_for(self, start: int, end: int) -> int:
+        """Make the bitmap reach [start, end); the bit offset of `start`."""
+        if not self.count:  # (nothing held: start afresh where the seqs are)
+            self._base, self._bits = start & ~7, bytearray()
+        elif start < self._base:
+            grow = (self._base - start + 7) >> 3
+            self._bits[0:0] = bytes(grow)
+            self._base -= grow << 3
+        need = (end - self._base + 7) >> 3
+        if need > len(self._bits):
+            self._bits.extend(bytes(need - len(self._bits)))
+        return start - self._base
+
+    def _drop_below(self, seq: int) -> None:
+        bits = self._bits
+        whole = (seq - self._base) >> 3
+        if whole > 0:
+            self.count -= _popcount(bits[:whole])
+            del bits[:whole]
+            self._base += whole << 3
+        part = seq - self._base
+        if 0 < part < 8 and bits:
+            mask = (1 << part) - 1
+            self.count -= (bits[0] & mask).bit_count()
+            bits[0] &= 0xFF ^ mask
 
 
 class AckedRanges:
+    """Ranges as a cursor file holds them (merged if they touch or overlap)."""
+
     def __init__(self, ranges: Iterable[tuple[int, int]] = ()) -> None:
         self._starts: list[int] = []
         self._ends: list[int] = []  # ranges [start, end), sorted, apart (never touching)
         self.count = 0  # seqs held
-        for start, end in sorted(ranges):  # (as a cursor file holds them: merged if not)
+        for start, end in sorted(ranges):
             if end <= start:
                 continue
             if self._ends and start <= self._ends[-1]:
@@ -36,57 +189,6 @@ class AckedRanges:
     def __len__(self) -> int:
         return self.count
 
-    def add(self, seq: int) -> None:
-        starts, ends = self._starts, self._ends
-        if ends and seq == ends[-1]:  # the common case: right after the highest range
-            ends[-1] = seq + 1
-            self.count += 1
-            return
-        index = bisect.bisect_right(starts, seq) - 1  # the range starting at or before seq
-        if index >= 0 and seq < ends[index]:
-            return  # held already
-        joins_left = index >= 0 and ends[index] == seq
-        joins_right = index + 1 < len(starts) and starts[index + 1] == seq + 1
-        if joins_left and joins_right:
-            ends[index] = ends.pop(index + 1)
-            del starts[index + 1]
-        elif joins_left:
-            ends[index] = seq + 1
-        elif joins_right:
-            starts[index + 1] = seq
-        else:
-            starts.insert(index + 1, seq)
-            ends.insert(index + 1, seq + 1)
-        self.count += 1
-
-    def add_all(self, seqs: Iterable[int]) -> None:
-        """`add` each of `seqs`: a run of consecutive seqs at a time (a batch's are mostly
-        one run)."""
-        ordered = sorted(seqs)
-        start, count = 0, len(ordered)
-        for index in range(1, count + 1):
-            if index == count or ordered[index] != ordered[index - 1] + 1:
-                self._add_range(ordered[start], ordered[index - 1] + 1)
-                start = index
-
-    def _add_range(self, start: int, end: int) -> None:
-        starts, ends = self._starts, self._ends
-        if not ends or start > ends[-1]:  # the common case: beyond the highest range
-            starts.append(start)
-            ends.append(end)
-            self.count += end - start
-            return
-        low = bisect.bisect_left(ends, start)  # the first range that reaches `start`
-        high = bisect.bisect_right(starts, end)  # past the last one that `end` reaches
-        if low < high:  # they merge into one
-            held = sum(ends[i] - starts[i] for i in range(low, high))
-            start, end = min(start, starts[low]), max(end, ends[high - 1])
-        else:
-            held = 0
-        starts[low:high] = [start]
-        ends[low:high] = [end]
-        self.count += end - start - held
-
     def holds_all(self, seqs: Sequence[int]) -> bool:
         """Whether every one of `seqs` is held (at once when one range spans them all)."""
         if not seqs:
@@ -96,17 +198,3 @@ class AckedRanges:
         if index >= 0 and high < self._ends[index]:
             return True
         return all(seq in self for seq in seqs)
-
-    def take_from(self, cursor: int) -> int:
-        """Where the cursor goes from `cursor` over the ranges that start there (dropped);
-        `cursor` itself when none does. Ranges below `cursor` are dropped too."""
-        starts, ends = self._starts, self._ends
-        while starts and starts[0] <= cursor:
-            start, end = starts.pop(0), ends.pop(0)
-            self.count -= end - start
-            cursor = max(cursor, end)
-        return cursor
-
-    def ranges(self, limit: int) -> list[tuple[int, int]]:
-        """The first `limit` ranges, lowest first."""
-        return list(zip(self._starts[:limit], self._ends[:limit], strict=True))

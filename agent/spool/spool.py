@@ -52,7 +52,7 @@ from agent.fsio import fsync_dir, write_atomically
 from agent.logs import Throttled
 from agent.records import agent_record_ids
 from agent.spool import format as fmt
-from agent.spool.acked import AckedRanges
+from agent.spool.acked import Acked, AckedRanges
 from agent.spool.reader import Entry, ReadView, SpoolReader, SpoolStats, load_lost
 from agent.spool.recovery import (
     Segment,
@@ -133,7 +133,7 @@ class Spool:
         self._reading = asyncio.Lock()
         self._positions: dict[int, tuple[int, int]] = {}  # handed out, not acknowledged
         self._given_back: tuple[int, int, int] | None = None  # the first: seq, segment, offset
-        self._acked = AckedRanges()  # acknowledged beyond the cursor
+        self._acked = Acked()  # acknowledged beyond the cursor
         self._acked_before_open = 0  # the end of those acknowledged by an earlier run
         self._saved_acked = 0  # how many of them the saved cursor holds
         self._saved_ranges = AckedRanges()  # and which
@@ -168,7 +168,7 @@ class Spool:
         self.spool_id = cursor.spool_id
         self._segments = self._writer.segments = list_segments(self.dir)
         self._drop_consumed(cursor.next_seq)
-        self._next_seq = recover_tail(self.dir, self._segments, self.stats) or FIRST_SEQ
+        self._next_seq = tail = recover_tail(self.dir, self._segments, self.stats) or FIRST_SEQ
         consumed = max([cursor.next_seq, *(end for _, end in cursor.acked)])
         if self._next_seq < consumed or not self._segments:  # (a tail lost with fsync off)
             self._next_seq = max(self._next_seq, consumed)  # never reuse a consumed seq
@@ -179,7 +179,8 @@ class Spool:
         self._durable_seq = self._next_seq
         if cursor.next_seq < self._segments[0].first_seq:
             log.warning("spool cursor %d is before the oldest segment: consumed", cursor.next_seq)
-        self._acked = AckedRanges(cursor.acked)
+        # (what lies beyond the newest frame holds no entry: only the seq for the next)
+        self._acked = Acked((start, min(end, tail)) for start, end in cursor.acked)
         self._acked_before_open = max((end for _, end in cursor.acked), default=0)
         self._cursor_seq = self._acked.take_from(max(cursor.next_seq, self._segments[0].first_seq))
         first = self._segment_of(self._cursor_seq)
@@ -372,7 +373,7 @@ class Spool:
 
     def ack(self, seqs: Iterable[int]) -> None:
         """Mark entries delivered. The cursor moves over the contiguous acknowledged prefix;
-        what is acknowledged beyond it is kept as ranges (both persisted by the cursor
+        what is acknowledged beyond it is kept apart (`Acked`; both persisted by the cursor
         timer); acks of unknown seqs are ignored."""
         acked, positions, cursor = self._acked, self._positions, self._cursor_seq
         fresh = [seq for seq in seqs if seq >= cursor]
