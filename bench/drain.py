@@ -1,6 +1,7 @@
 """Benchmark of delivery: a spool of records drained to the Paigo stand-in on loopback.
 
-Run: .venv/bin/python bench/drain.py [--records N] [--dir DIR]   (needs wrk for the ceilings)
+Run: .venv/bin/python bench/drain.py [--records N] [--dir DIR] [--mode single|array ...]
+(needs wrk for the ceilings)
 
 In one run, for `upstream.mode = "single"` (concurrency 64) and `"array"` (500 records per
 request), in at-least-once and effectively-once delivery, and effectively-once with 5 % of
@@ -133,6 +134,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--mode", nargs="+", choices=("single", "array"), default=None)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench/drain.py needs wrk: apt-get install wrk")
@@ -142,6 +144,8 @@ def main() -> None:
         print("ceiling: the stand-in's own rate, wrk straight to it just before the row")
         print(" ".join(f"{h:>16}" for h in header))
         for case in CASES:
+            if args.mode and case.mode not in args.mode:
+                continue
             limit = ceiling(root, fake_url, case.mode, args.seconds)
             rate, cpu = drain(root, fake_url, case, args.records)
             cells = [case.mode, case.delivery, f"{case.unknown_rate:.0%}", f"{rate:,.0f}"]

@@ -5,8 +5,8 @@ apart (parked, or settling) do not count, up to another `window` of them. Beyond
 the records at the back of those lanes that were never sent are given back to the spool
 (`Spool.release`), and so is every later record of those lanes; once one of them has
 sent the records it kept (its pair is back), the spool reads again from the first record
-given back (`Spool.rewind`), in order. So a parked customer never starves the rest, whatever its
-backlog, and memory stays bounded. Records held for a retry's backoff count: during an
+given back (`Spool.rewind`), in order. So a parked customer never starves the rest,
+whatever its backlog, and memory stays bounded. Records held for a retry's backoff count: during an
 outage the intake reads no further than its window. An entry that is not a readable
 record leaves at once through `Exits.unreadable`.
 
@@ -190,7 +190,7 @@ class Intake:
         if seqs:
             log.info(
                 "%d records of %d lanes held apart (parked or settling) given back to the "
-                "spool, to be read again when their lane is free",
+                "spool, to be read again when their pair is back",
                 len(seqs),
                 len(given),
             )
@@ -241,12 +241,8 @@ class Intake:
 def _never_sent(item: Item) -> bool:
     """A record that can go back to the spool: one of its own, never sent, nothing known of
     it that the spool does not keep."""
-    return (
-        item.attempts == 0
-        and not item.marked
-        and item.unknown_since is None
-        and (item.rollup is None)
-    )
+    never = item.attempts == 0 and not item.marked and item.unknown_since is None
+    return never and item.rollup is None
 
 
 def rolled_up(
