@@ -182,7 +182,7 @@ class Intake:
     def _give_back(self, now: float) -> int:
         """The never-sent records at the back of the lanes held apart, back to the spool:
         how many."""
-        given = self._lanes.give_back(now, _never_sent)
+        given = self._lanes.give_back(now, self._can_go_back)
         seqs = [item.seq for items in given.values() for item in items]
         self._spool.release(seqs)
         self._given_back.update(given)
@@ -195,6 +195,14 @@ class Intake:
                 len(given),
             )
         return len(seqs)
+
+    def _can_go_back(self, key: LaneKey, item: Item) -> bool:
+        """`_never_sent`, and not in an ordered lane that rollups also enter (a rollup
+        formed meanwhile would go before the records given back)."""
+        _, dimension, ordered = key
+        if ordered and self._rollups is not None and self._rollups.aggregation_of(dimension):
+            return False
+        return _never_sent(item)
 
     def _rewind_if_free(self) -> None:
         """Once a lane that gave records back has sent what it kept (its pair is back),

@@ -181,7 +181,7 @@ class Lanes(Generic[T]):
         lane = self._lanes.get(key)
         return lane is not None and (bool(lane.items) or lane.in_flight > 0)
 
-    def give_back(self, now: float, can_go: Callable[[T], bool]) -> dict[LaneKey, list[T]]:
+    def give_back(self, now: float, can_go: Callable[[LaneKey, T], bool]) -> dict[LaneKey, list[T]]:
         """Take out the items at the back of every lane held apart, as far back as
         `can_go` allows and never the first (the lane stays until it is sent): by lane,
         in lane order."""
@@ -190,7 +190,7 @@ class Lanes(Generic[T]):
             if not (lane.apart and lane.held_until > now):
                 continue
             items: list[T] = []
-            while len(lane.items) > 1 and can_go(lane.items[-1]):
+            while len(lane.items) > 1 and can_go(key, lane.items[-1]):
                 items.append(lane.items.pop())
             if items:
                 items.reverse()

@@ -61,12 +61,12 @@ def test_a_lane_held_apart_gives_back_its_back_items_but_never_its_first():
     for until, kw in ((60, {"parked": True}), (5, {})):  # a 404; a retry's backoff
         lane, item = lanes.take(0)  # type: ignore[misc]
         lanes.put_back(lane, item, 0, until=until, **kw)
-    given = lanes.give_back(1, can_go=lambda item: item != "p1")
+    given = lanes.give_back(1, can_go=lambda key, item: item != "p1")
     assert given == {parked: ["p2", "p3", "p4"]}  # up to the one that may not go
     assert lanes.buffered == 7 and lanes.held_apart(1) == 2
     assert lanes.holds(parked)
-    assert lanes.give_back(1, can_go=lambda item: True) == {parked: ["p1"]}
-    assert lanes.give_back(1, can_go=lambda item: True) == {}  # p0 stays: the lane stays
+    assert lanes.give_back(1, can_go=lambda key, item: True) == {parked: ["p1"]}
+    assert lanes.give_back(1, can_go=lambda key, item: True) == {}  # p0 stays: the lane stays
     lanes.release_held(61)
     lane, item = lanes.take(61)  # type: ignore[misc]
     assert item == "p0"
