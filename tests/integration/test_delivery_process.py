@@ -81,6 +81,32 @@ def test_kill_9_while_sending_loses_nothing(
     assert agent.wait() == 0
 
 
+def test_kill_9_while_a_parked_pair_has_given_records_back_loses_and_doubles_nothing(
+    tmp_path: Path, paigo: FakePaigo, agents: list[AgentProcess]
+):
+    paigo.faults.unknown_customers = {"lost"}
+    agent = AgentProcess(tmp_path, **delivering_to(paigo, concurrency=4, park_retry_s=0.3))
+    agents.append(agent)
+    agent.start()
+    window = 1000  # the intake's, at concurrency 4: beyond two, records go back to the spool
+    parked = [record(n, customerId="lost") for n in range(3 * window)]
+    others = [record(n, customerId=f"found-{n % 6}") for n in range(3 * window)]
+    mixed = [r for pair in zip(parked, others, strict=True) for r in pair]
+    for start in range(0, len(mixed), 500):
+        assert agent.post(mixed[start : start + 500])[0] == 202
+    wait_until(lambda: multiset(paigo.records) >= multiset(others), timeout=60)
+    assert agent.get("/status")[1]["delivery"]["records_given_back"] > 0
+    agent.signal(signal.SIGKILL)
+    agent.wait()
+    paigo.faults.unknown_customers = set()
+    agent.start()
+    wait_until(lambda: multiset(paigo.records) >= multiset(mixed), timeout=60)
+    time.sleep(0.3)
+    assert multiset(paigo.records) == multiset(mixed)  # nothing lost, nothing twice
+    agent.signal(signal.SIGTERM)
+    assert agent.wait() == 0
+
+
 def test_sigterm_with_a_backlog_and_a_slow_upstream_exits_within_the_grace(
     tmp_path: Path, paigo: FakePaigo, agents: list[AgentProcess]
 ):
