@@ -18,28 +18,16 @@ not hand them out again.
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from typing import Final
 
 _NOT_FULL: Final = re.compile(rb"[^\xff]")
-_HELD: Final = re.compile(rb"\xff+|[^\x00\xff]")  # a run of full bytes, or one partial byte
-
-
-def _runs_in(byte: int) -> tuple[tuple[int, int], ...]:
-    """The runs of set bits in `byte`, as [low, high) bit offsets, lowest first."""
-    runs, start = [], None
-    for bit in range(9):
-        held = bit < 8 and byte >> bit & 1
-        if held and start is None:
-            start = bit
-        elif not held and start is not None:
-            runs.append((start, bit))
-            start = None
-    return tuple(runs)
-
-
-_RUNS_IN: Final = tuple(_runs_in(byte) for byte in range(256))
+_CHUNK: Final = 4096  # bytes of the bitmap `ranges` looks at a time
+_FULL: Final = b"\xff" * _CHUNK
+_BIT: Final = tuple(bytes(byte >> bit & 1 for byte in range(256)) for bit in range(8))
+_RUN: Final = re.compile(rb"\x01+")
 
 
 def _popcount(data: bytes | bytearray) -> int:
@@ -103,23 +91,30 @@ class Acked:
         return cursor
 
     def ranges(self, limit: int) -> list[tuple[int, int]]:
-        """The first `limit` ranges [start, end) held, lowest first."""
+        """The first `limit` ranges [start, end) held, lowest first. (A chunk of the
+        bitmap at a time: whole when all held, skipped when none is, else spread to a byte
+        a seq, where a regular expression finds the runs: C does the work per seq, Python
+        only per range.)"""
         found: list[tuple[int, int]] = []
-        start = end = -1
-        for match in _HELD.finditer(self._bits):
-            at = self._base + (match.start() << 3)
-            runs = ((0, (match.end() - match.start()) << 3),) if match.group()[0] == 0xFF else ()
-            for low, high in runs or _RUNS_IN[match.group()[0]]:
-                if at + low == end:
-                    end = at + high
-                    continue
-                if end >= 0:
-                    found.append((start, end))
-                    if len(found) == limit:
-                        return found
-                start, end = at + low, at + high
-        if end >= 0 and len(found) < limit:
-            found.append((start, end))
+        bits = self._bits
+        for at in range(0, len(bits), _CHUNK):
+            chunk = bytes(bits[at : at + _CHUNK])
+            first = self._base + (at << 3)
+            if chunk == _FULL[: len(chunk)]:
+                spans = [(0, len(chunk) << 3)]
+            elif chunk.count(0) == len(chunk):
+                continue
+            else:
+                spread = bytearray(len(chunk) << 3)
+                for bit, table in enumerate(_BIT):
+                    spread[bit::8] = chunk.translate(table)
+                matches = itertools.islice(_RUN.finditer(spread), limit - len(found) + 1)
+                spans = [match.span() for match in matches]
+            if found and spans and found[-1][1] == first + spans[0][0]:  # (across chunks)
+                found[-1] = (found[-1][0], first + spans.pop(0)[1])
+            found += [(first + low, first + high) for low, high in spans]
+            if len(found) > limit:  # (one more than asked: the last one asked is whole)
+                return found[:limit]
         return found
 
     def _set_range(self, start: int, end: int) -> None:

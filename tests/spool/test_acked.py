@@ -121,3 +121,16 @@ def test_a_cursor_that_jumps_drops_what_it_passes_as_a_set_would():
             plain = {seq for seq in plain if seq >= cursor}
         assert len(acked) == len(plain)
         assert sorted(plain) == [n for a, b in acked.ranges(10**6) for n in range(a, b)]
+
+
+def test_the_first_ranges_are_whole_wherever_the_limit_and_the_chunks_fall():
+    rng = random.Random(9)
+    spans, seq = [], 5
+    for _ in range(2000):  # runs across the bitmap's 4,096-byte chunks, now and then
+        seq += rng.randrange(1, 5)
+        end = seq + rng.choice([1, 3, 40, 9000, 40_000])
+        spans.append((seq, end))
+        seq = end
+    acked = Acked(spans)
+    for limit in (1, 2, 3, 50, 333, 1999, 2000, 2001):
+        assert acked.ranges(limit) == spans[:limit]
