@@ -11,6 +11,8 @@ not hand them out again.
   spread (a sorted list of ranges cost an insertion, a copy of the list's tail, for every
   isolated seq: 3 to 4 µs a record acknowledging rollups). Memory is one bit per record
   the spool holds beyond the cursor, at most an eighth of a byte per record on disk.
+  Reading the ranges off it for a cursor save costs about 0.75 µs a range: up to 3 ms,
+  twenty times a second, when acknowledgements are as scattered as rollups leave them.
 * `AckedRanges`, the ranges as a cursor file holds them (at most a few thousand): asked,
   never changed.
 """
