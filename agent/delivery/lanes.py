@@ -114,12 +114,9 @@ class Lanes(Generic[T]):
                 lane.in_flight += 1
         return taken
 
-    def done(self, lane: Lane[T], now: float) -> None:
-        """The item taken from `lane` is finished (delivered or dead-lettered)."""
-        self.done_all([lane], now)
-
     def done_all(self, lanes: Iterable[Lane[T]], now: float) -> None:
-        """`done` for an item taken from each of `lanes` (a batch's, in one call)."""
+        """An item taken from each of `lanes` is finished (delivered or dead-lettered):
+        a batch's, in one call."""
         for lane in lanes:
             lane.in_flight -= 1
             self.buffered -= 1

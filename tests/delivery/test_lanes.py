@@ -13,7 +13,7 @@ def test_an_ordered_lane_has_one_in_flight_and_keeps_order():
     assert first == 0
     assert lanes.take(0) is None  # the next waits for the first
     assert lane is not None
-    lanes.done(lane, 0)
+    lanes.done_all([lane], 0)
     assert lanes.take(0) is not None and lanes.buffered == 2
 
 
@@ -70,7 +70,7 @@ def test_a_lane_held_apart_gives_back_its_back_items_but_never_its_first():
     lanes.release_held(61)
     lane, item = lanes.take(61)  # type: ignore[misc]
     assert item == "p0"
-    lanes.done(lane, 61)
+    lanes.done_all([lane], 61)
     assert not lanes.holds(parked)  # sent what it kept: its pair is back
 
 
