@@ -65,9 +65,7 @@ class Lanes(Generic[T]):
             lane = self._lanes[key] = Lane(key)
         lane.items.append(item)
         self.buffered += 1
-        if not lane.queued and lane.eligible(now):  # (`_offer`, inline: every record)
-            lane.queued = True
-            self._ready.append(lane)
+        self._offer(lane, now)
 
     def take(self, now: float, *, unordered_only: bool = False) -> tuple[Lane[T], T] | None:
         """The next item to send, from the next eligible lane in turn; None when none is."""
@@ -81,9 +79,7 @@ class Lanes(Generic[T]):
                 continue
             item = lane.items.popleft()
             lane.in_flight += 1
-            if lane.items and not lane.ordered:  # (`_offer`: it was eligible just now)
-                lane.queued = True
-                self._ready.append(lane)
+            self._offer(lane, now)
             return lane, item
         return None
 
@@ -120,9 +116,7 @@ class Lanes(Generic[T]):
         for lane in lanes:
             lane.in_flight -= 1
             self.buffered -= 1
-            if not lane.queued and lane.eligible(now):
-                lane.queued = True
-                self._ready.append(lane)
+            self._offer(lane, now)
             if not lane.items and lane.in_flight == 0:
                 self._lanes.pop(lane.key, None)
 
