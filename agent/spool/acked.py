@@ -166,25 +166,18 @@ class AckedRanges:
     def __init__(self, ranges: Iterable[tuple[int, int]] = ()) -> None:
         self._starts: list[int] = []
         self._ends: list[int] = []  # ranges [start, end), sorted, apart (never touching)
-        self.count = 0  # seqs held
         for start, end in sorted(ranges):
             if end <= start:
                 continue
             if self._ends and start <= self._ends[-1]:
-                if end > self._ends[-1]:
-                    self.count += end - self._ends[-1]
-                    self._ends[-1] = end
+                self._ends[-1] = max(end, self._ends[-1])
                 continue
             self._starts.append(start)
             self._ends.append(end)
-            self.count += end - start
 
     def __contains__(self, seq: int) -> bool:
         index = bisect.bisect_right(self._starts, seq) - 1
         return index >= 0 and seq < self._ends[index]
-
-    def __len__(self) -> int:
-        return self.count
 
     def holds_all(self, seqs: Sequence[int]) -> bool:
         """Whether every one of `seqs` is held (at once when one range spans them all)."""
