@@ -5,6 +5,7 @@ before the agent answers, and read from, in order, by delivery.
 |---------------|-----------------------------------------------------------------------|
 | `format`      | the bytes on disk: frames, segment header, cursor file, paths         |
 | `spool`       | `Spool`: group-commit appends, ordered reads, out-of-order acks, cursor |
+| `consumer`    | the reader's side: handed out, given back, acknowledged; the cursor    |
 | `acked`       | acknowledgements beyond the cursor: a bitmap, ranges in the cursor file |
 | `writer`      | the active segment: write, sync, cut back, roll                       |
 | `reader`      | reading frames in order (again after a rewind), quarantining damage   |

@@ -52,7 +52,8 @@ from agent.fsio import fsync_dir, write_atomically
 from agent.logs import Throttled
 from agent.records import agent_record_ids
 from agent.spool import format as fmt
-from agent.spool.acked import Acked, AckedRanges
+from agent.spool.acked import Acked
+from agent.spool.consumer import Consumer, CursorNow
 from agent.spool.reader import Entry, ReadView, SpoolReader, SpoolStats, load_lost
 from agent.spool.recovery import (
     Segment,
@@ -67,8 +68,6 @@ from agent.spool.space import Space, reserve_for
 from agent.spool.writer import NoObserver, SegmentWriter, SpoolObserver
 
 log = logging.getLogger(__name__)
-
-_CursorNow = tuple[fmt.Cursor, int]  # a cursor to save; the acknowledgements it holds
 
 FIRST_SEQ: Final = 1
 # Commits run on the event loop while an fdatasync takes less than this on average (a
@@ -131,15 +130,7 @@ class Spool:
         self._data = asyncio.Event()
         self._reader = SpoolReader(self.dir, self.stats, FIRST_SEQ, FIRST_SEQ, 0)
         self._reading = asyncio.Lock()
-        self._positions: dict[int, tuple[int, int]] = {}  # handed out, not acknowledged
-        self._given_back: tuple[int, int, int] | None = None  # the first: seq, segment, offset
-        self._acked = Acked()  # acknowledged beyond the cursor
-        self._acked_before_open = 0  # the end of those acknowledged by an earlier run
-        self._saved_acked = 0  # how many of them the saved cursor holds
-        self._saved_ranges = AckedRanges()  # and which
-        self._cursor_seq = FIRST_SEQ
-        self._cursor_hint = (FIRST_SEQ, FIRST_SEQ, fmt.SEGMENT_HEADER_SIZE)  # seq, segment, offset
-        self._saved_cursor_seq = -1
+        self._consumer = Consumer((FIRST_SEQ, FIRST_SEQ, fmt.SEGMENT_HEADER_SIZE))
         self.space = Space(self.dir, config.max_bytes, config.min_free_bytes, self._segment_bytes)
         self._append_failed = Throttled(log, "spool append failed, nothing of it stored")
         self._cursor_failed = Throttled(
@@ -180,19 +171,19 @@ class Spool:
         if cursor.next_seq < self._segments[0].first_seq:
             log.warning("spool cursor %d is before the oldest segment: consumed", cursor.next_seq)
         # (what lies beyond the newest frame holds no entry: only the seq for the next)
-        self._acked = Acked((start, min(end, tail)) for start, end in cursor.acked)
-        self._acked_before_open = max((end for _, end in cursor.acked), default=0)
-        self._cursor_seq = self._acked.take_from(max(cursor.next_seq, self._segments[0].first_seq))
-        first = self._segment_of(self._cursor_seq)
+        acked = Acked((start, min(end, tail)) for start, end in cursor.acked)
+        seq = acked.take_from(max(cursor.next_seq, self._segments[0].first_seq))
+        first = self._segment_of(seq)
         offset = fmt.SEGMENT_HEADER_SIZE
         if (
             cursor.segment == first
             and cursor.offset is not None
-            and frame_at(self.dir, first, cursor.offset, self._cursor_seq) is not None
+            and frame_at(self.dir, first, cursor.offset, seq) is not None
         ):
             offset = cursor.offset
-        self._reader = SpoolReader(self.dir, self.stats, self._cursor_seq, first, offset)
-        self._cursor_hint = (self._cursor_seq, first, offset)
+        self._reader = SpoolReader(self.dir, self.stats, seq, first, offset)
+        acked_before = max((end for _, end in cursor.acked), default=0)
+        self._consumer = Consumer((seq, first, offset), acked, acked_before)
         self._save_cursor(self._cursor_now())
 
     async def start(self) -> None:
@@ -332,15 +323,7 @@ class Spool:
         # drain throughput inline). One call reads at most READ_CHUNK from the file.
         again, start = self._reader.again, self._reader.seq
         result = self._reader.read(view, max_records, max_bytes)
-        entries, positions = result.entries, result.positions
-        if again:  # after a rewind: only what was given back
-            out, acked = self._positions, self._acked
-            entries = [e for e in entries if e.seq not in out and e.seq not in acked]
-            positions = {e.seq: positions[e.seq] for e in entries if e.seq in positions}
-        elif start < self._acked_before_open:  # consumed before a restart: not again
-            entries = [e for e in entries if e.seq not in self._acked]
-            positions = {e.seq: positions[e.seq] for e in entries if e.seq in positions}
-        self._positions.update(positions)
+        entries = self._consumer.hand_out(result, again=again, start=start)
         if result.lost:
             self.ack(result.lost)
         return entries
@@ -348,19 +331,13 @@ class Spool:
     def release(self, seqs: Iterable[int]) -> None:
         """Entries handed out that the reader gives back unprocessed: `rewind` hands them
         out again. (Not acknowledged, they are handed out again after a restart too.)"""
-        first = self._given_back
-        for seq in seqs:
-            where = self._positions.pop(seq, None)
-            if where is not None and (first is None or seq < first[0]):
-                first = (seq, *where)
-        self._given_back = first
+        self._consumer.release(seqs)
 
     def rewind(self) -> None:
         """Read again from the first entry given back (nothing when none was)."""
-        if self._given_back is not None:
-            if self._given_back[0] < self._reader.seq:
-                self._reader.rewind(*self._given_back)
-            self._given_back = None
+        first = self._consumer.take_given_back()
+        if first is not None and first[0] < self._reader.seq:
+            self._reader.rewind(*first)
 
     async def wait_for_data(self, timeout: float) -> None:
         """Return when entries not yet handed out may be there, or after `timeout`."""
@@ -375,19 +352,8 @@ class Spool:
         """Mark entries delivered. The cursor moves over the contiguous acknowledged prefix;
         what is acknowledged beyond it is kept apart (`Acked`; both persisted by the cursor
         timer); acks of unknown seqs are ignored."""
-        acked, positions, cursor = self._acked, self._positions, self._cursor_seq
-        fresh = [seq for seq in seqs if seq >= cursor]
-        for seq in fresh:
-            positions.pop(seq, None)  # (kept only for what is read and not acknowledged)
-        acked.add_all(fresh)
-        cursor = acked.take_from(cursor)
-        if cursor != self._cursor_seq:
-            self._cursor_seq = cursor
-            where = positions.get(cursor)
-            if where is None and cursor == self._reader.seq:
-                where = (self._reader.segment, self._reader.offset)
-            if where is not None:
-                self._cursor_hint = (cursor, *where)
+        reader = self._reader
+        self._consumer.ack(seqs, (reader.seq, reader.segment, reader.offset))
 
     # --- the cursor -----------------------------------------------------------------------
 
@@ -395,11 +361,11 @@ class Spool:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.config.cursor_interval_ms / 1000)
-            if (self._cursor_seq, len(self._acked)) != (self._saved_cursor_seq, self._saved_acked):
+            if self._consumer.changed:
                 cursor = self._cursor_now()
                 await loop.run_in_executor(self._write_io, self._try_persist_cursor, cursor)
 
-    def _try_persist_cursor(self, cursor: _CursorNow) -> None:
+    def _try_persist_cursor(self, cursor: CursorNow) -> None:
         """`_persist_cursor`, for the timer and close: a failure (a full disk) keeps the
         last saved cursor and is logged; the next tick tries again."""
         try:
@@ -407,27 +373,19 @@ class Spool:
         except OSError as exc:
             self._cursor_failed.error("%s", exc)
 
-    def _persist_cursor(self, cursor: _CursorNow) -> None:
+    def _persist_cursor(self, cursor: CursorNow) -> None:
         """Sync the data the cursor depends on, save it, then delete consumed segments.
         (In the writer's thread: `cursor` was taken on the event loop, where acks change
         what it is made of.)"""
         self._writer.sync_if_dirty()
         self._drop_consumed(self._save_cursor(cursor))
 
-    def _cursor_now(self) -> _CursorNow:
-        """The cursor to save, and how many acknowledgements beyond it that holds."""
-        seq, (hint_seq, segment, offset) = self._cursor_seq, self._cursor_hint
-        ranges = tuple(self._acked.ranges(fmt.MAX_CURSOR_RANGES))
-        if hint_seq != seq:  # where frame `seq` starts is not known
-            return fmt.Cursor(self.spool_id, seq, acked=ranges), len(self._acked)
-        return fmt.Cursor(self.spool_id, seq, segment, offset, ranges), len(self._acked)
+    def _cursor_now(self) -> CursorNow:
+        return self._consumer.cursor_now(self.spool_id)
 
-    def _save_cursor(self, cursor: _CursorNow) -> int:
-        saved, acked = cursor
-        write_atomically(fmt.cursor_path(self.dir), fmt.encode_cursor(saved))
-        self._saved_ranges = AckedRanges(saved.acked)  # (one reference swapped: the
-        self._saved_cursor_seq, self._saved_acked = saved.next_seq, acked  # loop reads it)
-        return saved.next_seq
+    def _save_cursor(self, cursor: CursorNow) -> int:
+        write_atomically(fmt.cursor_path(self.dir), fmt.encode_cursor(cursor[0]))
+        return self._consumer.saved(cursor)
 
     def _drop_consumed(self, cursor_seq: int) -> None:
         """Delete sealed segments whose every frame is below the durable cursor."""
@@ -443,8 +401,8 @@ class Spool:
     def head(self) -> bytes | None:
         """The payload of the oldest unacknowledged entry, when its place is known (one
         small read; None when the backlog is empty or the place is not known)."""
-        seq, segment, offset = self._cursor_hint
-        if self.backlog == 0 or seq != self._cursor_seq:
+        seq, segment, offset = self._consumer.hint
+        if self.backlog == 0 or seq != self._consumer.seq:
             return None
         return frame_at(self.dir, segment, offset, seq)
 
@@ -466,19 +424,15 @@ class Spool:
     @property
     def backlog(self) -> int:
         """Records stored and not yet acknowledged (lost ones excluded)."""
-        return self._durable_seq - self._cursor_seq - len(self._acked)
+        return self._consumer.backlog(self._durable_seq)
 
     @property
     def cursor(self) -> int:
-        return self._cursor_seq
+        return self._consumer.seq
 
     def consumed_durably(self, seqs: Sequence[int]) -> bool:
-        """Whether a restart would hand none of `seqs` out again: each is behind the
-        persisted cursor, or acknowledged beyond it in the cursor file."""
-        cursor = self._saved_cursor_seq
-        if max(seqs, default=0) < cursor:  # (the common case, at C speed)
-            return True
-        return self._saved_ranges.holds_all([seq for seq in seqs if seq >= cursor])
+        """Whether a restart would hand none of `seqs` out again (`Consumer`)."""
+        return self._consumer.consumed_durably(seqs)
 
     def status(self) -> SpoolStatus:
         stats = self.stats

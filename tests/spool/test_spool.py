@@ -148,9 +148,10 @@ async def test_acknowledgements_beyond_the_cursor_cost_a_bit_a_record_and_a_rang
     entries = await spool.read(20_000)
     spool.ack(e.seq for e in entries[1:])  # the first one stays: the cursor cannot move
     assert spool.cursor == 1 and spool.backlog == 1
-    assert spool._acked.ranges(10) == [(2, 20_001)]
-    assert len(spool._acked._bits) <= 20_001 // 8 + 1  # in memory: a bit a record
-    assert list(spool._positions) == [1]  # where the one left is, for the cursor hint
+    consumer = spool._consumer
+    assert consumer.acked.ranges(10) == [(2, 20_001)]
+    assert len(consumer.acked._bits) <= 20_001 // 8 + 1  # in memory: a bit a record
+    assert list(consumer.positions) == [1]  # where the one left is, for the cursor hint
     await spool.close()
     cursor = fmt.decode_cursor(fmt.cursor_path(spool.dir).read_bytes())
     assert cursor.next_seq == 1 and cursor.acked == ((2, 20_001),)
