@@ -45,12 +45,9 @@ class Consumer:
         be handed out, now handed out: not what an earlier run acknowledged, nor, read
         again, what is acknowledged or still handed out."""
         entries, positions = result.entries, result.positions
-        if again:  # only what was given back
-            out, acked = self.positions, self.acked
+        if again or start < self._acked_before:  # (else none can be either)
+            out, acked = self.positions if again else {}, self.acked
             entries = [e for e in entries if e.seq not in out and e.seq not in acked]
-            positions = {e.seq: positions[e.seq] for e in entries if e.seq in positions}
-        elif start < self._acked_before:  # consumed before a restart: not again
-            entries = [e for e in entries if e.seq not in self.acked]
             positions = {e.seq: positions[e.seq] for e in entries if e.seq in positions}
         self.positions.update(positions)
         return entries
