@@ -100,7 +100,7 @@ def status_lines(body: dict[str, Any]) -> list[str]:
             ),
             ("delivered", f"{delivery.get('delivered', 0):,}"),
             ("dead letters", f"{delivery.get('dead_lettered', 0):,}"),
-            ("parked pairs", parked or "none"),
+            ("parked pairs", (parked or "none") + _given_back(delivery)),
         ]
     else:
         rows.append(("delivery", "off (upstream.enabled = false)"))
@@ -164,3 +164,9 @@ def _age(seconds: float | None) -> str:
 
 def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:,.1f} MiB"
+
+
+def _given_back(delivery: dict[str, Any]) -> str:
+    """What parked pairs gave back to the spool, when they did (read again when back)."""
+    given = delivery.get("records_given_back") or 0
+    return f" ({given:,} records given back to the spool since start)" if given else ""

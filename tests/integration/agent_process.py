@@ -139,3 +139,17 @@ class AgentProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def usage_agent(
+    agent: AgentProcess, *args: str, stdin: bytes = b""
+) -> subprocess.CompletedProcess[str]:
+    """`python -m agent <args> --config <the agent's config>`, run to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args, "--config", str(agent.config_path)],
+        input=stdin.decode(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -13,7 +13,7 @@ import pytest
 
 from agent.testing.fake_paigo import FakePaigo
 from tests.conftest import as_sent, record
-from tests.integration.agent_process import AgentProcess
+from tests.integration.agent_process import AgentProcess, usage_agent
 from tests.integration.fake_thread import fake_paigo_thread
 
 
@@ -96,6 +96,8 @@ def test_kill_9_while_a_parked_pair_has_given_records_back_loses_and_doubles_not
         assert agent.post(mixed[start : start + 500])[0] == 202
     wait_until(lambda: multiset(paigo.records) >= multiset(others), timeout=60)
     assert agent.get("/status")[1]["delivery"]["records_given_back"] > 0
+    table = usage_agent(agent, "status").stdout
+    assert "lost/api-calls" in table and "records given back to the spool" in table
     agent.signal(signal.SIGKILL)
     agent.wait()
     paigo.faults.unknown_customers = set()

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 
 from tests.conftest import record
-from tests.integration.agent_process import AgentProcess
-
-
-def usage_agent(
-    agent: AgentProcess, *args: str, stdin: bytes = b""
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args, "--config", str(agent.config_path)],
-        input=stdin.decode(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.integration.agent_process import AgentProcess, usage_agent
 
 
 def test_health_answers_0_alive_and_ready_and_2_when_the_agent_is_not_there(
