@@ -299,29 +299,38 @@ async def test_a_404_parks_only_its_pair(start_agent: AgentFactory, paigo: FakeP
     assert values(paigo.records) == values(batch)
 
 
-@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize("lanes", ["unordered", "ordered", "arrays"])
 async def test_a_parked_pair_with_a_backlog_beyond_the_window_does_not_stop_the_others(
-    start_agent: AgentFactory, paigo: FakePaigo, ordered: bool
+    start_agent: AgentFactory, lanes: str
 ):
-    paigo.faults.unknown_customers = {"lost"}
-    order = {"ordered_dimensions": ["api-calls"]} if ordered else {}
-    agent = await start_agent(**delivering(paigo, park_retry_s=0.3, **order))
-    window = agent.service.sender._intake._window  # (1,024 at these settings)
-    parked = [record(n, customerId="lost") for n in range(3 * window)]
-    others = [record(n, customerId=f"found-{n % 6}") for n in range(3 * window)]
-    await post_all(agent, [r for pair in zip(parked, others, strict=True) for r in pair])
-    await eventually(lambda: len(paigo.records) >= len(others), timeout=60, what="the others")
-    _, state = await agent.get("/status")
-    assert state["delivery"]["records_given_back"] > 0
-    assert state["delivery"]["buffered_records"] <= 2 * window
+    paigo = FakePaigo(accept_arrays=lanes == "arrays")
+    await paigo.start()
+    try:
+        paigo.faults.unknown_customers = {"lost"}
+        settings: dict[str, Any] = {
+            "unordered": {},
+            "ordered": {"ordered_dimensions": ["api-calls"]},
+            "arrays": {"mode": "array", "batch_max_records": 50, "concurrency": 4},
+        }[lanes]
+        agent = await start_agent(**delivering(paigo, park_retry_s=0.3, **settings))
+        window = agent.service.sender._intake._window  # (1,024 or 1,000 at these settings)
+        parked = [record(n, customerId="lost") for n in range(3 * window)]
+        others = [record(n, customerId=f"found-{n % 6}") for n in range(3 * window)]
+        await post_all(agent, [r for pair in zip(parked, others, strict=True) for r in pair])
+        await eventually(lambda: len(paigo.records) >= len(others), timeout=60, what="others")
+        _, state = await agent.get("/status")
+        assert state["delivery"]["records_given_back"] > 0
+        assert state["delivery"]["buffered_records"] <= 2 * window
 
-    paigo.faults.unknown_customers = set()
-    await eventually(lambda: len(paigo.records) >= 6 * window, timeout=60, what="the parked")
-    await asyncio.sleep(0.5)  # (nothing more arrives: a record read again is not sent twice)
-    assert values(paigo.records) == values(parked + others)
-    if ordered:
-        got = [r["recordValue"] for r in paigo.records if r["customerId"] == "lost"]
-        assert got == [r["recordValue"] for r in parked]
+        paigo.faults.unknown_customers = set()
+        await eventually(lambda: len(paigo.records) >= 6 * window, timeout=60, what="parked")
+        await asyncio.sleep(0.5)  # (nothing more arrives: one read again is not sent twice)
+        assert values(paigo.records) == values(parked + others)
+        if lanes == "ordered":
+            got = [r["recordValue"] for r in paigo.records if r["customerId"] == "lost"]
+            assert got == [r["recordValue"] for r in parked]
+    finally:
+        await paigo.stop()
 
 
 @pytest.mark.parametrize("accept_arrays", [True, False])
