@@ -6,9 +6,9 @@ the records at the back of those lanes that were never sent are given back to th
 (`Spool.release`), and so is every later record of those lanes; once one of them has
 sent the records it kept (its pair is back), the spool reads again from the first record
 given back (`Spool.rewind`), in order. So a parked customer never starves the rest,
-whatever its backlog, and memory stays bounded. Records held for a retry's backoff count: during an
-outage the intake reads no further than its window. An entry that is not a readable
-record leaves at once through `Exits.unreadable`.
+whatever its backlog, and memory stays bounded. Records held for a retry's backoff count:
+during an outage the intake reads no further than its window. An entry that is not a
+readable record leaves at once through `Exits.unreadable`.
 
 With rollups (`agent.delivery.rollup`), the records of rolled-up dimensions go to their
 groups instead, and a closed group's rollup enters a lane (the sender writes its formation

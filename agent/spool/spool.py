@@ -160,7 +160,8 @@ class Spool:
         self._segments = self._writer.segments = list_segments(self.dir)
         self._drop_consumed(cursor.next_seq)
         self._next_seq = tail = recover_tail(self.dir, self._segments, self.stats) or FIRST_SEQ
-        consumed = max([cursor.next_seq, *(end for _, end in cursor.acked)])
+        acked_end = max((end for _, end in cursor.acked), default=0)
+        consumed = max(cursor.next_seq, acked_end)
         if self._next_seq < consumed or not self._segments:  # (a tail lost with fsync off)
             self._next_seq = max(self._next_seq, consumed)  # never reuse a consumed seq
             self._writer.roll(self._next_seq)
@@ -182,8 +183,7 @@ class Spool:
         ):
             offset = cursor.offset
         self._reader = SpoolReader(self.dir, self.stats, seq, first, offset)
-        acked_before = max((end for _, end in cursor.acked), default=0)
-        self._consumer = Consumer((seq, first, offset), acked, acked_before)
+        self._consumer = Consumer((seq, first, offset), acked, acked_end)
         self._save_cursor(self._cursor_now())
 
     async def start(self) -> None:
