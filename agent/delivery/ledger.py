@@ -183,8 +183,7 @@ class Ledger:
             self._write_failed.error("%s (%d deliveries not recorded)", exc, len(lines))
 
     async def _append(self, lines: list[dict[str, object]]) -> None:
-        newline = orjson.OPT_APPEND_NEWLINE
-        data = b"".join([orjson.dumps(line, option=newline) for line in lines])
+        data = encode_deliveries(lines)
         path = self.dir / DELIVERED
         async with self._delivered_lock:
             # one call in a thread opens, writes and closes: a cancelled flush (at stop)
@@ -203,6 +202,20 @@ class Ledger:
             self._deliveries_bytes -= old.stat().st_size
             old.unlink()
             log.warning("the disk is full: deleted %s to make room for usage", old)
+
+
+def encode_deliveries(lines: list[dict[str, object]]) -> bytes:
+    """`lines` (deliveries, each starting with "k") as JSON lines, encoded in one call (one
+    call a line cost 2.5 µs a record delivered, in the event loop; this, 0.4). Between two
+    lines the array's `},{"k":` becomes `}\n{"k":`: inside a JSON string a quote is always
+    escaped, so that matches only where a line ends and the next begins, unless a value is
+    an object keyed "k" (never, in a validated record). Then the newlines do not count out
+    and the lines are encoded one by one."""
+    data = orjson.dumps(lines)[1:-1].replace(b'},{"k":', b'}\n{"k":') + b"\n"
+    if data.count(b"\n") != len(lines):
+        newline = orjson.OPT_APPEND_NEWLINE
+        data = b"".join([orjson.dumps(line, option=newline) for line in lines])
+    return data
 
 
 def _append_lines(path: Path, data: bytes) -> int:

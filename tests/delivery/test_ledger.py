@@ -95,6 +95,36 @@ async def test_deliveries_are_appended_rotated_and_read_back_in_order(tmp_path: 
     assert ledger.bytes_used == sum(path.stat().st_size for path in files)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        'x"},{"k":"forged","c":"y',  # a line's boundary, inside a string
+        "line\nbreak\\",  # a newline and a backslash
+        {"k": 1},  # an object keyed "k": encoded line by line
+        [{"k": 1}, {"k": 2}],  # two of them, back to back
+    ],
+)
+async def test_each_delivery_is_one_line_whatever_its_values_hold(tmp_path: Path, value: object):
+    """Deliveries are encoded in one call for a flush, then cut into lines: no value can
+    add or merge a line."""
+    ledger = Ledger(SpoolConfig(dir=str(tmp_path), min_free_bytes=0), 1 << 20)
+    await ledger.start()
+    delivered = [(f"id-{n}", {**fields(n), "recordValue": value}, None) for n in range(3)]
+    delivered.append(("id-3", fields(3), ["member-1", "member-2"]))
+    ledger.note(delivered)
+    await ledger.flush()
+    await ledger.stop()
+    read = read_deliveries(tmp_path)
+    assert read.torn == []
+    assert [(line["k"], line["v"]) for line in read.lines] == [
+        ("id-0", value),
+        ("id-1", value),
+        ("id-2", value),
+        ("id-3", "3"),
+    ]
+    assert read.lines[-1]["m"] == ["member-1", "member-2"]
+
+
 async def test_a_torn_line_is_skipped_and_named_by_file_and_line(tmp_path: Path):
     ledger = Ledger(SpoolConfig(dir=str(tmp_path), min_free_bytes=0), 1 << 20)
     await ledger.start()
