@@ -99,6 +99,7 @@ def cmd_fake_paigo(args: argparse.Namespace) -> int:
     from agent.testing.fake_paigo import FakePaigo
 
     logs.configure("INFO", "auto")
+    tune_collector()  # it holds every point and write: as many long-lived objects as the agent
 
     dimensions = orjson.loads(Path(args.dimensions).read_bytes()) if args.dimensions else None
 

@@ -39,16 +39,21 @@ RECORD = {
     "metadata": {"region": "eu-west-1", "service": "checkout"},
 }
 
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = io.open(os.getenv("BODY_FILE")):read("*a")
+WRK_RESULT = """
 done = function(summary, latency, requests)
   io.write(string.format("RESULT %d %d %d %d %f %f\\n", summary.requests, summary.duration,
     summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write
     + summary.errors.timeout, latency:percentile(50), latency:percentile(99)))
 end
+"""  # (how `wrk` below reads a run's result)
+WRK_SCRIPT = (
+    """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = io.open(os.getenv("BODY_FILE")):read("*a")
 """
+    + WRK_RESULT
+)
 
 BARE_SERVER = """
 import sys
