@@ -37,7 +37,7 @@ import struct
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Final
+from typing import Final, cast
 
 import orjson
 
@@ -163,8 +163,10 @@ def unknown_field_message(name: str) -> str:
 
 
 def is_plainly_valid(obj: object, rules: Rules = DEFAULT_RULES) -> bool:
-    """True for a record that is valid by the cheapest route (the hot path); False means
-    `check_record` must say what, if anything, is wrong. Never True for an invalid record."""
+    """True for a record that is valid and already in its stored form, by the cheapest
+    route (the hot path: `normalise` would return it unchanged); False means `check_record`
+    must say what, if anything, is wrong, and `normalise` make its stored form. Never True
+    for an invalid record."""
     if type(obj) is not dict or not (_REQUIRED_SET <= obj.keys() <= _KNOWN_SET):
         return False
     customer, dimension = obj["customerId"], obj["dimensionId"]
@@ -173,13 +175,12 @@ def is_plainly_valid(obj: object, rules: Rules = DEFAULT_RULES) -> bool:
     if not (0 < len(customer) <= MAX_ID_CHARS and 0 < len(dimension) <= MAX_ID_CHARS):
         return False
     value = obj["recordValue"]
-    if type(value) is str:
-        if PAIGO_NUMBER.fullmatch(value) is None:
+    if type(value) is not str or PAIGO_NUMBER.fullmatch(value) is None:
+        return False  # (an integer is valid: `normalise` stores its digits)
+    if "metadata" in obj:
+        metadata = obj["metadata"]  # (null is valid: `normalise` leaves it out)
+        if metadata is None or _metadata_problems(metadata, rules):
             return False
-    elif type(value) is not int:
-        return False
-    if "metadata" in obj and _metadata_problems(obj["metadata"], rules):
-        return False
     stamp = obj["timestamp"]
     return type(stamp) is str and timestamp_problem(stamp) is None
 
@@ -226,14 +227,19 @@ def normalise(obj: Record) -> Record:
 
 
 def validate_records(objs: list[object], rules: Rules = DEFAULT_RULES) -> list[Record]:
-    """All records normalised, or RecordInvalid carrying the problems of every bad record."""
-    problems: list[Problem] = []
-    for index, obj in enumerate(objs):
-        if not is_plainly_valid(obj, rules):
-            problems.extend(check_record(obj, index, rules))
+    """All records in their stored form (`normalise`), or RecordInvalid carrying the
+    problems of every bad record. (Plainly valid records are stored as they are: only the
+    others are looked at twice.)"""
+    careful = [index for index, obj in enumerate(objs) if not is_plainly_valid(obj, rules)]
+    problems = [problem for index in careful for problem in check_record(objs[index], index, rules)]
     if problems:
         raise RecordInvalid(problems)
-    return [normalise(obj) for obj in objs]  # type: ignore[arg-type]
+    records = cast(list[Record], objs)
+    if careful:
+        records = list(records)
+        for index in careful:
+            records[index] = normalise(records[index])
+    return records
 
 
 def _kind(value: object) -> str:

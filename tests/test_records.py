@@ -21,6 +21,8 @@ from agent.records import (
     decode_envelope,
     encode_envelope,
     encode_envelopes,
+    is_plainly_valid,
+    normalise,
     validate_records,
 )
 from agent.spool import Spool
@@ -176,6 +178,50 @@ def test_an_integer_record_value_is_stored_as_its_exact_string_and_nothing_else_
     [stored] = validate_records([record])
     assert stored["recordValue"] == "1000000000000000000000000000000"
     assert list(stored) == list(record)  # the app's field order
+
+
+def test_a_batch_is_stored_in_order_with_only_the_records_that_need_it_changed():
+    batch = [GOOD, with_(recordValue=12), with_(metadata=None), with_(metadata={"a": 1})]
+    assert validate_records(list(batch)) == [
+        GOOD,
+        with_(recordValue="12"),
+        GOOD,
+        with_(metadata={"a": 1}),
+    ]
+
+
+# --- the hot path gives the rules' answers ------------------------------------------------
+
+number_like = st.text(alphabet="0123456789.+-eE x\u0661\u00b2_", max_size=8)
+mixed_records = st.fixed_dictionaries(
+    {
+        "timestamp": st.sampled_from(["2021-01-23T01:23:45Z", "2021-02-30T00:00:00Z", 7]),
+        "customerId": st.sampled_from(["c-1", "", 7, "x" * 257]),
+        "dimensionId": st.sampled_from(["d-1", None]),
+        "recordValue": st.one_of(number_like, st.sampled_from([12, 10**30, 1.5, True, None])),
+    },
+    optional={
+        "metadata": st.sampled_from(
+            [None, {}, {"a": 1}, [], {"usageAgentRecordId": "x"}, {"k": "v" * 16384}]
+        ),
+        "colour": st.just("red"),
+    },
+)
+
+
+@given(record=mixed_records)
+def test_a_plainly_valid_record_is_valid_and_stored_as_it_is(record: dict[str, object]):
+    """The hot path takes a record as it is only when the full check finds nothing wrong
+    and its stored form is the record itself; every other record gets the full check."""
+    rules = Rules(reserved_key="usageAgentRecordId")
+    if is_plainly_valid(record, rules):
+        assert check_record(record, 0, rules) == []
+        assert normalise(record) == record
+    if check_record(record, 0, rules):
+        with pytest.raises(RecordInvalid):
+            validate_records([record], rules)
+    else:
+        assert validate_records([record], rules) == [normalise(record)]
 
 
 def test_the_envelope_round_trips():
