@@ -167,22 +167,25 @@ def is_plainly_valid(obj: object, rules: Rules = DEFAULT_RULES) -> bool:
     route (the hot path: `normalise` would return it unchanged); False means `check_record`
     must say what, if anything, is wrong, and `normalise` make its stored form. Never True
     for an invalid record."""
-    if type(obj) is not dict or not (_REQUIRED_SET <= obj.keys() <= _KNOWN_SET):
+    if type(obj) is not dict:
         return False
-    customer, dimension = obj["customerId"], obj["dimensionId"]
-    if type(customer) is not str or type(dimension) is not str:
-        return False
+    customer, dimension = obj.get("customerId"), obj.get("dimensionId")
+    value, stamp = obj.get("recordValue"), obj.get("timestamp")
+    if type(customer) is not str or type(dimension) is not str or type(stamp) is not str:
+        return False  # (absent, null or of another type)
+    if type(value) is not str:
+        return False  # (an integer is valid: `normalise` stores its digits)
+    if len(obj) != (5 if "metadata" in obj else 4):
+        return False  # a field besides the known ones (the four required are there)
     if not (0 < len(customer) <= MAX_ID_CHARS and 0 < len(dimension) <= MAX_ID_CHARS):
         return False
-    value = obj["recordValue"]
-    if type(value) is not str or PAIGO_NUMBER.fullmatch(value) is None:
-        return False  # (an integer is valid: `normalise` stores its digits)
+    if PAIGO_NUMBER.fullmatch(value) is None:
+        return False
     if "metadata" in obj:
         metadata = obj["metadata"]  # (null is valid: `normalise` leaves it out)
         if metadata is None or _metadata_problems(metadata, rules):
             return False
-    stamp = obj["timestamp"]
-    return type(stamp) is str and timestamp_problem(stamp) is None
+    return timestamp_problem(stamp) is None
 
 
 def check_record(obj: object, index: int, rules: Rules = DEFAULT_RULES) -> list[Problem]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agent.config import SpoolConfig
@@ -193,23 +193,32 @@ def test_a_batch_is_stored_in_order_with_only_the_records_that_need_it_changed()
 # --- the hot path gives the rules' answers ------------------------------------------------
 
 number_like = st.text(alphabet="0123456789.+-eE x\u0661\u00b2_", max_size=8)
-mixed_records = st.fixed_dictionaries(
+mixed_records = st.fixed_dictionaries(  # valid choices first: hypothesis shrinks towards them
     {
         "timestamp": st.sampled_from(["2021-01-23T01:23:45Z", "2021-02-30T00:00:00Z", 7]),
         "customerId": st.sampled_from(["c-1", "", 7, "x" * 257]),
         "dimensionId": st.sampled_from(["d-1", None]),
-        "recordValue": st.one_of(number_like, st.sampled_from([12, 10**30, 1.5, True, None])),
+        "recordValue": st.one_of(
+            st.sampled_from(["12", "-2.5", ".5", 12, 10**30, 1.5, True, None]), number_like
+        ),
     },
     optional={
         "metadata": st.sampled_from(
-            [None, {}, {"a": 1}, [], {"usageAgentRecordId": "x"}, {"k": "v" * 16384}]
+            [{}, {"a": 1}, None, [], {"usageAgentRecordId": "x"}, {"k": "v" * 16384}]
         ),
         "colour": st.just("red"),
+        "customerID": st.just("c-1"),
     },
 )
 
 
+@settings(max_examples=500)
 @given(record=mixed_records)
+@example(record=with_(colour="red"))
+@example(record={**with_(metadata={}), "colour": "red"})
+@example(record=with_(metadata=None))
+@example(record=with_(recordValue=12))
+@example(record=with_(customerId=...))
 def test_a_plainly_valid_record_is_valid_and_stored_as_it_is(record: dict[str, object]):
     """The hot path takes a record as it is only when the full check finds nothing wrong
     and its stored form is the record itself; every other record gets the full check."""
