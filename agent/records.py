@@ -45,7 +45,6 @@ from agent.errors import Problem, RecordInvalid
 
 REQUIRED_FIELDS: Final = ("timestamp", "customerId", "dimensionId", "recordValue")
 KNOWN_FIELDS: Final = (*REQUIRED_FIELDS, "metadata")
-_REQUIRED_SET: Final = frozenset(REQUIRED_FIELDS)
 _KNOWN_SET: Final = frozenset(KNOWN_FIELDS)
 MAX_ID_CHARS: Final = 256
 MAX_METADATA_BYTES: Final = 16384

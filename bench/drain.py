@@ -121,12 +121,11 @@ def ceiling(root: Path, fake_url: str, mode: str, seconds: float) -> float:
             "client_secret": "test-secret",
         },
     )["access_token"]
-    script, body = root / "post.lua", root / "unused.json"
+    script = root / "post.lua"
     per_request = 1 if mode == "single" else 500
     script.write_text(distinct_records_script(per_request, token))
-    body.write_text("")
     connections = 64 if mode == "single" else 8
-    rate = wrk(f"{fake_url}/usage", connections, seconds, body, script)["rps"] * per_request
+    rate = wrk(f"{fake_url}/usage", connections, seconds, None, script)["rps"] * per_request
     call(f"{fake_url}/_fake/reset", {})
     return rate
 

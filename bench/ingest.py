@@ -82,7 +82,7 @@ asyncio.run(main())
 
 
 def wrk(
-    url: str, connections: int, seconds: float, body_file: Path, script: Path
+    url: str, connections: int, seconds: float, body_file: Path | None, script: Path
 ) -> dict[str, float]:
     out = subprocess.run(
         [
@@ -99,7 +99,7 @@ def wrk(
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "BODY_FILE": str(body_file)},
+        env={**os.environ, "BODY_FILE": str(body_file or "")},  # None: the script builds its bodies
     ).stdout
     line = next(line for line in out.splitlines() if line.startswith("RESULT"))
     requests, duration_us, bad_status, socket_errors, p50, p99 = (
