@@ -60,6 +60,8 @@ class ConnectionOwner(Protocol):
 
     async def respond(self, request: Request) -> Response: ...
 
+    def serving(self, worker: asyncio.Task[None], first: Request | HttpError) -> None: ...
+
     def opened(self, connection: Connection) -> None: ...
 
     def closed(self, connection: Connection) -> None: ...
@@ -289,6 +291,7 @@ class Connection(asyncio.Protocol):
         self._queue.append(item)
         if self.worker is None:
             self.worker = self._loop.create_task(self._serve())
+            self._server.serving(self.worker, item)
         elif len(self._queue) >= MAX_QUEUED:
             self._pause_reading()
 

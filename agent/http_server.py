@@ -33,6 +33,7 @@ from agent.http_messages import (
     Response,
     Routes,
 )
+from agent.ingest_first import IngestFirst
 
 __all__ = ["Handler", "HttpError", "HttpServer", "Limits", "Request", "Response", "Routes"]
 
@@ -55,6 +56,7 @@ class HttpServer:
         self._connections: set[Connection] = set()
         self._drained = asyncio.Event()
         self._sweeper: asyncio.TimerHandle | None = None
+        self.first: IngestFirst | None = None  # told when requests are under way
 
     async def listen_tcp(self, host: str, port: int) -> list[int]:
         """Listen on host:port; the bound ports (port 0 picks one)."""
@@ -129,6 +131,12 @@ class HttpServer:
         for connection in list(self._connections):
             connection.close_if_idle_since(too_old)
         self._sweeper = loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def serving(self, worker: asyncio.Task[None], first: Request | HttpError) -> None:
+        """A connection's worker answers the requests it has received whole, `first` first."""
+        if self.first is not None:
+            posting = isinstance(first, Request) and first.method == "POST"
+            self.first.serving(worker, posting=posting)
 
     def opened(self, connection: Connection) -> None:
         self._connections.add(connection)

@@ -45,6 +45,7 @@ from agent.errors import AgentError
 from agent.http_server import HttpServer, Limits
 from agent.idempotency import IdempotencyStore
 from agent.ingest import IngestState, oldest_unsent_age, refused_by_http, routes
+from agent.ingest_first import IngestFirst
 from agent.metrics import Metrics
 from agent.records import Rules
 from agent.spool import Spool
@@ -120,6 +121,7 @@ class Service:
         self._deadline = 0.0
         self.systemd = Notifier()
         self.tokens: TokenManager | None = None
+        self.first = IngestFirst()  # the apps' requests before delivery's bulk work
 
     async def start(self) -> None:
         try:
@@ -175,6 +177,7 @@ class Service:
         ingest = self.config.ingest
         limits = Limits(ingest.max_request_bytes, ingest.body_timeout_s, ingest.keepalive_timeout_s)
         server = HttpServer(routes(state), lambda error: refused_by_http(state, error), limits)
+        server.first = self.first
         stack.push_async_callback(server.close, self.config.shutdown_grace_s)
         stack.callback(setattr, state, "shutting_down", True)  # runs first at stop
         if activated := listen_sockets():
@@ -261,6 +264,7 @@ class Service:
             retry=self.config.retry,
             catalog_order=(lambda: catalog.last_dimensions) if catalog else frozenset,
             rollups=rollups,
+            first=self.first,
         )
         sender.on_reply = lambda reply, seconds: self.metrics.upstream_replied(
             reply.status, seconds

@@ -33,14 +33,15 @@ from agent.delivery.lanes import LaneKey, Lanes
 from agent.delivery.recheck import Resolver
 from agent.delivery.rollup import Formation, Rollups
 from agent.delivery.wakeup import Wakeup
+from agent.ingest_first import SLICE_RECORDS, IngestFirst
 from agent.records import Envelope, Record, decode_envelope
 from agent.spool.reader import Entry
 
 log = logging.getLogger(__name__)
 
+READ_BATCH: Final = 1000  # records per spool read (fewer while apps post: agent.ingest_first)
 CATALOG_POLL_S: Final = 0.05  # rollups wait for the catalog: how often the intake looks
 MAX_WAIT_S: Final = 1.0  # the intake looks again at least this often
-READ_BATCH: Final = 1000  # records per spool read: about a millisecond of the event loop
 
 
 class SpoolOut(Protocol):
@@ -76,11 +77,13 @@ class Intake:
         catalog_order: Callable[[], frozenset[str]] = frozenset,
         rollups: Rollups | None = None,
         formed: dict[int, Formation] | None = None,
+        first: IngestFirst | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`catalog_order`: the dimensions delivered in order besides the configured ones
         (the catalog's `last` dimensions); `rollups`: the groups of rolled-up records;
-        `formed`: the rollups in the ledger from before a restart, by member seq."""
+        `formed`: the rollups in the ledger from before a restart, by member seq; `first`:
+        the apps' requests, which go first (`agent.ingest_first`)."""
         self._spool = spool
         self._lanes = lanes
         self._exits = exits
@@ -92,6 +95,7 @@ class Intake:
         self._work = work  # notified when records were added
         self._batch = batch  # records a sender takes at a time, at most
         self._clock = clock
+        self._first = first or IngestFirst()
         self.room = asyncio.Event()  # set by the senders when records left or went back
         self._stopping = False
         self._rollups = rollups
@@ -122,19 +126,23 @@ class Intake:
                 self.room.clear()
                 await wait_for(self.room, self._quiet_s())
                 continue
-            entries = await self._spool.read(min(room, READ_BATCH))
+            await self._first.turn()  # the apps' requests first (reads do not suspend)
+            most = SLICE_RECORDS if self._first.apps_posting else READ_BATCH
+            entries = await self._spool.read(min(room, most))
             if not entries:
                 await self._spool.wait_for_data(self._quiet_s())
                 continue
-            await asyncio.sleep(0)  # reads do not suspend: let ingest and sends run between
-            ordered = self._configured_order | self._catalog_order()
-            before = self._lanes.buffered
-            admit = self._admit  # (a plain call per record: no coroutine for each)
-            errors = [(entry, admit(entry, now, ordered)) for entry in entries]
-            self._work.notify_for(self._lanes.buffered - before, self._batch)
-            for entry, error in errors:
-                if error is not None:  # a dead letter; if it cannot be written, read again
-                    await self._exits.unreadable(entry.seq, entry.payload, error)  # at restart
+            await self._admit_all(entries, now)
+
+    async def _admit_all(self, entries: list[Entry], now: float) -> None:
+        ordered = self._configured_order | self._catalog_order()
+        before = self._lanes.buffered
+        admit = self._admit  # (a plain call per record: no coroutine for each)
+        errors = [(entry, admit(entry, now, ordered)) for entry in entries]
+        self._work.notify_for(self._lanes.buffered - before, self._batch)
+        for entry, error in errors:
+            if error is not None:  # a dead letter; if it cannot be written, read again at
+                await self._exits.unreadable(entry.seq, entry.payload, error)  # restart
 
     def _admit(self, entry: Entry, now: float, ordered: frozenset[str]) -> Exception | None:
         """The entry into a lane, a group or (a rollup's member from before a restart) its

@@ -44,6 +44,7 @@ from agent.delivery.status import DeliveryStatus, LastResult
 from agent.delivery.uplink import Reply, Upstream
 from agent.delivery.wakeup import Wakeup
 from agent.errors import SpoolError
+from agent.ingest_first import IngestFirst
 from agent.logs import Throttled
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,12 @@ class Sender:
         retry: RetryConfig,
         catalog_order: Callable[[], frozenset[str]] = frozenset,
         rollups: Rollups | None = None,
+        first: IngestFirst | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`first`: the apps' requests, which go before bulk work (`agent.ingest_first`)."""
         self._spool = spool
+        self._first = first or IngestFirst()
         self._rollups = rollups
         self._uplink = uplink
         self._tokens = tokens
@@ -105,6 +109,7 @@ class Sender:
             catalog_order=catalog_order,
             rollups=rollups,
             formed=ledger.formed,
+            first=self._first,
             clock=clock,
         )
         self._tasks: list[asyncio.Task[None]] = []
@@ -164,7 +169,10 @@ class Sender:
     # --- sending --------------------------------------------------------------------------
 
     async def _work_loop(self) -> None:
+        bulk = self._batch_size > 1
         while not self._stopping:
+            if bulk:  # taking a batch is bulk work: the apps' requests first
+                await self._first.turn()
             taken = self._take()
             if not taken:
                 await self._work.wait(IDLE_WAIT_S)
@@ -306,6 +314,8 @@ class Sender:
         started = time.perf_counter()
         reply = await self._uplink.post(body, token, invoice, array=is_array)
         seconds = time.perf_counter() - started
+        if is_array:  # settling a batch is bulk work too
+            await self._first.turn()
         self.on_reply(reply, seconds)
         if reply.status:
             self.gate.pace.observe_rtt(seconds)
