@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/network.py
 	$(BIN)/python bench/outage.py
 	$(BIN)/python bench/rollup.py
+	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/idle.py
 
 clean:

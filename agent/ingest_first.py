@@ -6,7 +6,7 @@ the spool into its lanes 1,000 records at a time (10 to 15 ms in array mode), an
 sender settled and took 500 at a time. An app's request waited behind every such step
 ready before it, and each of the request's own steps (the append, the commit, the answer)
 waited again. During an array-mode catch-up that put a single-record POST's 99th
-percentile at 60 to 80 ms (`bench/latency.py`).
+percentile at 60 to 90 ms (`bench/latency.py`).
 
 So delivery takes its `turn` before each slice of bulk work (the intake's reads; an array
 sender's taking and settling of a batch):
