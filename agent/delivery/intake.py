@@ -39,9 +39,9 @@ from agent.spool.reader import Entry
 
 log = logging.getLogger(__name__)
 
-READ_BATCH: Final = 1000  # records per spool read (fewer while apps post: agent.ingest_first)
 CATALOG_POLL_S: Final = 0.05  # rollups wait for the catalog: how often the intake looks
 MAX_WAIT_S: Final = 1.0  # the intake looks again at least this often
+READ_BATCH: Final = 1000  # records per spool read (fewer while apps post: agent.ingest_first)
 
 
 class SpoolOut(Protocol):
@@ -132,17 +132,14 @@ class Intake:
             if not entries:
                 await self._spool.wait_for_data(self._quiet_s())
                 continue
-            await self._admit_all(entries, now)
-
-    async def _admit_all(self, entries: list[Entry], now: float) -> None:
-        ordered = self._configured_order | self._catalog_order()
-        before = self._lanes.buffered
-        admit = self._admit  # (a plain call per record: no coroutine for each)
-        errors = [(entry, admit(entry, now, ordered)) for entry in entries]
-        self._work.notify_for(self._lanes.buffered - before, self._batch)
-        for entry, error in errors:
-            if error is not None:  # a dead letter; if it cannot be written, read again at
-                await self._exits.unreadable(entry.seq, entry.payload, error)  # restart
+            ordered = self._configured_order | self._catalog_order()
+            before = self._lanes.buffered
+            admit = self._admit  # (a plain call per record: no coroutine for each)
+            errors = [(entry, admit(entry, now, ordered)) for entry in entries]
+            self._work.notify_for(self._lanes.buffered - before, self._batch)
+            for entry, error in errors:
+                if error is not None:  # a dead letter; if it cannot be written, read again
+                    await self._exits.unreadable(entry.seq, entry.payload, error)  # at restart
 
     def _admit(self, entry: Entry, now: float, ordered: frozenset[str]) -> Exception | None:
         """The entry into a lane, a group or (a rollup's member from before a restart) its
